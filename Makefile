@@ -1,0 +1,41 @@
+# retina-sr: every target creates/updates .venv first, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+PYTEST_ARGS ?=
+
+.PHONY: venv repro snake test test-fast ui bench clean-outputs
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# the whole study with DVC (default params: offline demo study)
+repro: venv
+	$(BIN)/retina-sr tracking init
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+# the same DAG with Snakemake
+snake: venv
+	$(BIN)/retina-sr tracking init
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 8 evaluate
+
+test: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+bench: venv
+	$(BIN)/retina-sr bench-preprocess

@@ -1,0 +1,56 @@
+"""Top-level sub-commands: parameter validation and composition."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from .config import deep_merge, load_params
+
+
+def compose_params(study: str = "demo", conf_dir: str | Path = "conf") -> dict:
+    """Compose ``conf/config.yaml`` + ``conf/study/<study>.yaml`` the way DVC's Hydra integration does."""
+    conf_dir = Path(conf_dir)
+    base = yaml.safe_load((conf_dir / "config.yaml").read_text())
+    base.pop("defaults", None)
+    study_file = conf_dir / "study" / f"{study}.yaml"
+    if not study_file.is_file():
+        choices = sorted(p.stem for p in (conf_dir / "study").glob("*.yaml"))
+        raise FileNotFoundError(f"{study_file} not found: choose a study among {choices}")
+    return deep_merge(base, yaml.safe_load(study_file.read_text()) or {})
+
+
+def _validate(args: argparse.Namespace) -> int:
+    p = load_params(args.params, *args.override)
+    print(f"{' + '.join([args.params, *args.override])}: valid (study={p.study}, source={p.data.source}, digest={p.digest()})")
+    return 0
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from .config import params_from_dict
+
+    raw = compose_params(args.study, args.conf)
+    params_from_dict(raw, f"{args.conf}/config.yaml + study={args.study}")  # validate before writing
+    text = yaml.safe_dump(raw, sort_keys=False)
+    if args.out == "-":
+        print(text, end="")
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out} (study={args.study})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("params", help="validate or compose the parameter file")
+    psub = p.add_subparsers(dest="params_command", required=True)
+    v = psub.add_parser("validate", help="validate params.yaml (and override files merged on top)")
+    v.add_argument("params", nargs="?", default="params.yaml")
+    v.add_argument("override", nargs="*", help="files merged on top, e.g. conf/study/full.yaml")
+    v.set_defaults(func=_validate)
+    c = psub.add_parser("compose", help="compose conf/ into a params file (what `dvc exp run -S study=...` does)")
+    c.add_argument("--study", default="demo")
+    c.add_argument("--conf", default="conf")
+    c.add_argument("--out", default="-", help="output file ('-' = stdout)")
+    c.set_defaults(func=_compose)
