@@ -1,0 +1,187 @@
+# The study's DAG for Snakemake: the same stages, inputs, outputs and params as dvc.yaml
+# (tests/test_orchestration.py checks it). Run: snakemake --cores 8 evaluate
+# Full study: snakemake --cores 8 evaluate --configfile conf/study/full.yaml
+import json
+from pathlib import Path
+
+configfile: "params.yaml"
+
+from retina_sr.config import params_from_dict, load_params
+
+# Every configfile (params.yaml, then any --configfile) is passed to the scripts in order, so they see
+# exactly the merged configuration Snakemake sees. `--config key=value` would bypass the files: refuse it.
+CONFIGFILES = [str(Path(f)) for f in workflow.configfiles]
+_merged = load_params(CONFIGFILES[0], *CONFIGFILES[1:])
+if _merged.model_dump(mode="json") != params_from_dict(config, "snakemake config").model_dump(mode="json"):
+    raise ValueError(
+        "snakemake --config overrides are not supported for the study parameters: "
+        "put them in a YAML file and pass it with --configfile FILE"
+    )
+P = _merged
+PARAMS_ARGS = " ".join(f"--params {f}" for f in CONFIGFILES)
+VARIANTS = sorted(P.train.modified.variants)
+TRAIN_THREADS = 2
+
+
+def code(*folders):
+    """Python files of the given package folders: inputs, so that a code change reruns the stage."""
+    return sorted(str(p) for f in folders for p in Path(f).rglob("*.py"))
+
+
+def pick(*keys):
+    """The values of dotted parameter keys, as rule params (Snakemake reruns a job when they change)."""
+    out = {}
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        out[key.replace(".", "__")] = json.dumps(value, sort_keys=True)
+    return out
+
+
+TRAIN_COMMON = [
+    "seed", "study", "data.scales", "model", "train.device", "train.batch_size", "train.amp",
+    "train.channels_last", "train.ema_decay", "train.val_every", "train.log_every",
+    "train.checkpoint_every", "train.charbonnier_eps", "train.max_val_patches",
+]
+TRAIN_CODE = code("src/retina_sr/models", "src/retina_sr/losses", "src/retina_sr/training")
+
+
+onsuccess:
+    # Record Snakemake's results in dvc.lock, so that a following `dvc repro` does not redo them.
+    # Only for the default parameter file (dvc.lock describes params.yaml).
+    if CONFIGFILES == ["params.yaml"] and Path(".dvc").is_dir():
+        shell("dvc commit --force --quiet && echo 'dvc.lock updated from the Snakemake run (dvc commit)'")
+
+
+rule evaluate:
+    input:
+        "workflow/scripts/evaluate.py",
+        code("src/retina_sr/evaluation", "src/retina_sr/models"),
+        "data/patches",
+        "models/l1/model.pt",
+        "models/perceptual/model.pt",
+        "models/adversarial/model.pt",
+        # dvc.yaml depends on the folder models/modified: every variant's outputs
+        expand("models/modified/{variant}/{f}", variant=VARIANTS, f=["model.pt", "metrics.json", "plots.csv"]),
+    output:
+        "reports/results.csv",
+        "reports/summary.md",
+        directory("reports/figures"),
+        directory("reports/plots"),
+        "reports/metrics.json",
+    params:
+        **pick("seed", "data.scales", "evaluate", "train.modified.variants"),
+    threads: TRAIN_THREADS
+    shell:
+        "python workflow/scripts/evaluate.py {PARAMS_ARGS} --threads {threads}"
+
+
+rule download:
+    input:
+        "workflow/scripts/download.py",
+        code("src/retina_sr/data"),
+    output:
+        directory("data/raw"),
+    params:
+        **pick("study", "seed", "data.source", "data.n_images", "data.demo", "data.folder", "data.kaggle"),
+    shell:
+        "python workflow/scripts/download.py {PARAMS_ARGS} --threads {threads}"
+
+
+rule preprocess:
+    input:
+        "workflow/scripts/preprocess.py",
+        code("src/retina_sr/data"),
+        "data/raw",
+    output:
+        directory("data/processed"),
+    params:
+        **pick("seed", "data.size", "data.split", "data.workers"),
+    threads: P.data.workers
+    shell:
+        "python workflow/scripts/preprocess.py {PARAMS_ARGS} --threads {threads}"
+
+
+rule patches:
+    input:
+        "workflow/scripts/patches.py",
+        code("src/retina_sr/data"),
+        "data/processed",
+    output:
+        directory("data/patches"),
+    params:
+        **pick("seed", "data.size", "data.scales", "data.patches"),
+    shell:
+        "python workflow/scripts/patches.py {PARAMS_ARGS} --threads {threads}"
+
+
+rule train_l1:
+    input:
+        "workflow/scripts/train.py",
+        TRAIN_CODE,
+        "data/patches",
+    output:
+        "models/l1/model.pt",
+        "models/l1/metrics.json",
+        "models/l1/plots.csv",
+    params:
+        **pick(*TRAIN_COMMON, "train.l1"),
+    threads: TRAIN_THREADS
+    shell:
+        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase l1"
+
+
+rule train_perceptual:
+    input:
+        "workflow/scripts/train.py",
+        TRAIN_CODE,
+        "data/patches",
+        "models/l1/model.pt",
+    output:
+        "models/perceptual/model.pt",
+        "models/perceptual/metrics.json",
+        "models/perceptual/plots.csv",
+    params:
+        **pick(*TRAIN_COMMON, "train.perceptual"),
+    threads: TRAIN_THREADS
+    shell:
+        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase perceptual"
+
+
+rule train_adversarial:
+    input:
+        "workflow/scripts/train.py",
+        TRAIN_CODE,
+        "data/patches",
+        "models/perceptual/model.pt",
+    output:
+        "models/adversarial/model.pt",
+        "models/adversarial/metrics.json",
+        "models/adversarial/plots.csv",
+    params:
+        **pick(*TRAIN_COMMON, "train.perceptual", "train.adversarial"),
+    threads: TRAIN_THREADS
+    shell:
+        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase adversarial"
+
+
+rule train_modified:
+    input:
+        "workflow/scripts/train.py",
+        TRAIN_CODE,
+        "data/patches",
+        "models/adversarial/model.pt",
+    output:
+        "models/modified/{variant}/model.pt",
+        "models/modified/{variant}/metrics.json",
+        "models/modified/{variant}/plots.csv",
+    wildcard_constraints:
+        variant="|".join(VARIANTS),
+    params:
+        **pick(*TRAIN_COMMON, "train.perceptual", "train.adversarial", "train.modified.steps",
+               "train.modified.lr", "train.modified.pixel_weight"),
+        variant_config=lambda wc: json.dumps(config["train"]["modified"]["variants"][wc.variant], sort_keys=True),
+    threads: TRAIN_THREADS
+    shell:
+        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase modified --variant {wildcards.variant}"

@@ -1,0 +1,225 @@
+"""Building blocks of LapSRN and its modifications: conv stacks, recursive blocks and 2x upsamplers.
+
+References
+----------
+- Lai, Huang, Ahuja, Yang, "Deep Laplacian Pyramid Networks for Fast and Accurate Super-Resolution",
+  CVPR 2017 (LapSRN: 3x3 convs + LeakyReLU, 4x4 transposed convs, bilinear image upsampling).
+- Lai, Huang, Ahuja, Yang, "Fast and Accurate Image Super-Resolution with Deep Laplacian Pyramid
+  Networks", TPAMI 2018 (MS-LapSRN: recursive blocks with a shared-source local skip connection).
+- Lim et al., "Enhanced Deep Residual Networks for Single Image Super-Resolution", CVPRW 2017
+  (residual blocks conv-ReLU-conv + skip without batch normalisation).
+- Odena, Dumoulin, Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016 (resize-convolution).
+- Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
+  Convolutional Neural Network", CVPR 2016 (PixelShuffle), and Aitken et al., "Checkerboard artifact
+  free sub-pixel convolution", arXiv:1707.02937, 2017 (ICNR initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = [
+    "conv3x3",
+    "PlainBlock",
+    "ResidualBlock",
+    "EmbeddingBlock",
+    "Upsample2x",
+    "bilinear_kernel",
+    "icnr_",
+    "init_conv_",
+]
+
+UpsampleKind = Literal["deconv", "resize_conv", "subpixel"]
+
+
+def conv3x3(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
+    """A 3x3 convolution with 'same' zero padding."""
+    return nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+
+
+def init_conv_(conv: nn.Conv2d | nn.ConvTranspose2d, negative_slope: float = 0.2, scale: float = 1.0) -> None:
+    """He (Kaiming) normal initialisation for a LeakyReLU network (He et al. 2015), zero bias.
+
+    ``scale`` multiplies the weights (e.g. 0.1 for residual-predicting layers so that the network
+    starts close to the bilinear/nearest upsampling of its image branch).
+    """
+    nn.init.kaiming_normal_(conv.weight, a=negative_slope, mode="fan_in", nonlinearity="leaky_relu")
+    if scale != 1.0:
+        with torch.no_grad():
+            conv.weight.mul_(scale)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class PlainBlock(nn.Module):
+    """``depth`` x (conv3x3 -> LeakyReLU), the LapSRN feature-embedding stack (Lai et al. 2017)."""
+
+    def __init__(self, features: int, depth: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            conv = conv3x3(features, features)
+            init_conv_(conv, negative_slope)
+            layers += [conv, nn.LeakyReLU(negative_slope, inplace=False)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 -> LeakyReLU -> conv3x3, plus the identity skip; no batch norm (Lim et al. 2017)."""
+
+    def __init__(self, features: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(features, features)
+        self.act = nn.LeakyReLU(negative_slope, inplace=False)
+        self.conv2 = conv3x3(features, features)
+        init_conv_(self.conv1, negative_slope)
+        init_conv_(self.conv2, negative_slope, scale=0.1)  # residual branch starts small (EDSR-style)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+class EmbeddingBlock(nn.Module):
+    """The feature embedding of one pyramid level.
+
+    ``block="plain"``: ``depth`` conv3x3+LeakyReLU layers (LapSRN). ``block="residual"``:
+    ``ceil(depth / 2)`` residual blocks (two convs each, so at least ``depth`` convs) followed by a
+    LeakyReLU. ``recursions`` R > 1 applies the same block R times with the MS-LapSRN shared-source
+    local skip: ``h_r = block(h_{r-1}) + h_0`` (Lai et al. 2018, Sec. 3.2). ``local_skip`` forces
+    that skip on for R = 1 too (MS-LapSRN with weight sharing); with R = 1 and no skip this is
+    exactly the LapSRN level.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        depth: int,
+        block: Literal["plain", "residual"] = "plain",
+        recursions: int = 1,
+        local_skip: bool = False,
+        negative_slope: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if recursions < 1:
+            raise ValueError(f"recursions must be >= 1, got {recursions}")
+        if block == "plain":
+            self.block: nn.Module = PlainBlock(features, depth, negative_slope)
+        elif block == "residual":
+            n = max(1, math.ceil(depth / 2))
+            self.block = nn.Sequential(
+                *[ResidualBlock(features, negative_slope) for _ in range(n)],
+                nn.LeakyReLU(negative_slope, inplace=False),
+            )
+        else:
+            raise ValueError(f"unknown block {block!r}: use 'plain' or 'residual'")
+        self.recursions = int(recursions)
+        self.local_skip = bool(local_skip or recursions > 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for _ in range(self.recursions):
+            h = self.block(h)
+            if self.local_skip:
+                h = h + x
+        return h
+
+
+def bilinear_kernel(size: int = 4) -> Tensor:
+    """The (size, size) bilinear interpolation kernel of a stride-``size//2`` transposed conv.
+
+    For size 4 / stride 2 / padding 1 the transposed conv equals bilinear upsampling with
+    ``align_corners=False`` away from the border (Long et al., FCN, 2015).
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float32)
+    k1 = 1 - (og - center).abs() / factor
+    return k1[:, None] * k1[None, :]
+
+
+def icnr_(weight: Tensor, scale: int = 2, init: Tensor | None = None, negative_slope: float = 0.2) -> None:
+    """ICNR initialisation of a sub-pixel conv weight (Aitken et al. 2017), in place.
+
+    ``weight`` has shape (C * scale**2, Cin, k, k). A kernel of shape (C, Cin, k, k) (``init``, or
+    He-initialised) is repeated for the ``scale**2`` sub-pixel positions, so that conv + PixelShuffle
+    equals nearest-neighbour upsampling followed by that conv at initialisation: no checkerboard.
+    """
+    out_ch, cin, kh, kw = weight.shape
+    if out_ch % (scale * scale):
+        raise ValueError(f"ICNR: {out_ch} output channels not divisible by scale**2 = {scale * scale}")
+    c = out_ch // (scale * scale)
+    if init is None:
+        init = torch.empty(c, cin, kh, kw)
+        nn.init.kaiming_normal_(init, a=negative_slope, mode="fan_in", nonlinearity="leaky_relu")
+    if tuple(init.shape) != (c, cin, kh, kw):
+        raise ValueError(f"ICNR: init kernel shape {tuple(init.shape)} != {(c, cin, kh, kw)}")
+    # PixelShuffle reads output channel c*s^2 + i for sub-pixel i of channel c
+    with torch.no_grad():
+        weight.copy_(init.repeat_interleave(scale * scale, dim=0).to(weight))
+
+
+class Upsample2x(nn.Module):
+    """A learnable 2x upsampler of ``channels`` channels.
+
+    - ``deconv``: transposed conv 4x4, stride 2, padding 1 (LapSRN). ``image=True`` initialises it
+      to per-channel bilinear interpolation (as LapSRN does for the image branch); otherwise He init,
+      which shows the checkerboard pattern at initialisation (Odena et al. 2016).
+    - ``resize_conv``: nearest (features) / bilinear (image) 2x resize, then a 3x3 conv (Odena et al.
+      2016); the image-branch conv starts as the identity.
+    - ``subpixel``: 3x3 conv to 4C channels + PixelShuffle(2) (Shi et al. 2016) with ICNR init
+      (Aitken et al. 2017); the image branch starts as nearest-neighbour upsampling.
+
+    Feature upsamplers are followed by a LeakyReLU (LapSRN); image upsamplers are linear.
+    """
+
+    def __init__(self, channels: int, kind: UpsampleKind, image: bool = False, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.kind = kind
+        self.image = image
+        c = channels
+        if kind == "deconv":
+            self.op: nn.Module = nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, bias=not image)
+            if image:
+                with torch.no_grad():
+                    w = torch.zeros(c, c, 4, 4)
+                    w[range(c), range(c)] = bilinear_kernel(4)
+                    self.op.weight.copy_(w)
+            else:
+                init_conv_(self.op, negative_slope)
+        elif kind == "resize_conv":
+            conv = conv3x3(c, c, bias=not image)
+            if image:
+                with torch.no_grad():
+                    nn.init.dirac_(conv.weight)
+            else:
+                init_conv_(conv, negative_slope)
+            self.op = conv
+        elif kind == "subpixel":
+            conv = conv3x3(c, 4 * c, bias=not image)
+            if image:
+                ident = torch.zeros(c, c, 3, 3)
+                nn.init.dirac_(ident)
+                icnr_(conv.weight, 2, init=ident)
+            else:
+                icnr_(conv.weight, 2, negative_slope=negative_slope)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+            self.op = nn.Sequential(conv, nn.PixelShuffle(2))
+        else:
+            raise ValueError(f"unknown upsample {kind!r}: use 'deconv', 'resize_conv' or 'subpixel'")
+        self.act: nn.Module = nn.Identity() if image else nn.LeakyReLU(negative_slope, inplace=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "resize_conv":
+            mode = "bilinear" if self.image else "nearest"
+            kwargs = {"align_corners": False} if mode == "bilinear" else {}
+            x = F.interpolate(x, scale_factor=2.0, mode=mode, **kwargs)
+        return self.act(self.op(x))

@@ -1,0 +1,77 @@
+"""``retina-sr`` sub-commands of the training concern: ``train``, ``bench-train``, ``tracking init``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _params(args: argparse.Namespace):
+    from ..config import load_params
+
+    files = args.params or ["params.yaml"]
+    return load_params(files[0], *files[1:])
+
+
+def _tracking_init(args: argparse.Namespace) -> int:
+    from .. import tracking
+    from ..config import Params
+
+    params = _params(args) if args.params or _exists("params.yaml") else Params()
+    uri = tracking.init_store(tracking.resolve_tracking_uri(params))
+    print(f"MLflow store ready: {uri}")
+    return 0
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_file()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..runtime import set_threads
+    from .trainer import train_phase
+
+    params = _params(args)
+    threads = set_threads(args.threads)
+    result = train_phase(params, args.phase, args.variant, threads=threads)
+    print(f"{result.out_dir}: best step {result.best_step}, val PSNR {result.val_psnr}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..runtime import set_threads
+    from .bench import bench_train, format_results
+
+    set_threads(args.threads)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    results = bench_train(sizes=sizes, steps=args.steps, device=args.device, batch_size=args.batch,
+                          crop=args.crop, perceptual=not args.no_perceptual, warmup=args.warmup)
+    print(format_results(results))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tracking", help="MLflow tracking store")
+    tsub = p.add_subparsers(dest="tracking_command", required=True)
+    t = tsub.add_parser("init", help="create the MLflow store once (run before parallel dvc/snakemake jobs)")
+    t.add_argument("--params", action="append", default=None, help="parameter file(s) (default: params.yaml)")
+    t.set_defaults(func=_tracking_init)
+
+    tr = sub.add_parser("train", help="train one phase (what workflow/scripts/train.py runs)")
+    tr.add_argument("--phase", required=True, choices=["l1", "perceptual", "adversarial", "modified"])
+    tr.add_argument("--variant", default=None, help="variant name for --phase modified")
+    tr.add_argument("--params", action="append", default=None, help="parameter file(s) (default: params.yaml)")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.set_defaults(func=_train)
+
+    b = sub.add_parser("bench-train", help="training steps/s for the demo and full-study model sizes")
+    b.add_argument("--sizes", default="demo,full", help="comma list of demo (F16 D3) and full (F64 D10)")
+    b.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--batch", type=int, default=None, help="batch size (default: the study's train.batch_size)")
+    b.add_argument("--crop", type=int, default=None, help="HR crop side (default: the study's data.patches.crop)")
+    b.add_argument("--no-perceptual", action="store_true", help="skip the pixel+perceptual measurement")
+    b.add_argument("--threads", type=int, default=None)
+    b.set_defaults(func=_bench)

@@ -1,0 +1,146 @@
+"""MLflow tracking: URI resolution, one-time store creation, parallel writers, runs with tags/params."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from retina_sr import tracking
+from retina_sr.config import Params
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_uri_env_wins_and_relative_sqlite_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    p = Params()
+    assert tracking.resolve_tracking_uri(p, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    p.mlflow.tracking_uri = "sqlite:////abs/other.db"
+    assert tracking.resolve_tracking_uri(p, tmp_path) == "sqlite:////abs/other.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")
+    assert tracking.resolve_tracking_uri(p, tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_tracking_uri(p, tmp_path) == "http://127.0.0.1:5000"
+    assert tracking.sqlite_path("http://x") is None
+
+
+def test_truncate_keeps_short_values_and_cuts_long_ones():
+    assert tracking.truncate([1, 2], 10) == "[1, 2]"
+    cut = tracking.truncate("x" * 7000, tracking.MAX_PARAM_VALUE)
+    assert len(cut) == tracking.MAX_PARAM_VALUE and cut.endswith("[truncated]")
+
+
+def test_retry_retries_lock_errors_only():
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.retry(flaky, base_delay=0.001) == "ok" and calls["n"] == 3
+
+    def broken():
+        raise KeyError("no such thing")
+
+    with pytest.raises(KeyError):
+        tracking.retry(broken, base_delay=0.001)
+
+
+def test_start_run_logs_common_tags_params_and_resumes(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    p = Params()
+    with tracking.start_run(p, "exp-a", "train_l1", {"dvc_stage": "train_l1", "empty": None}) as run:
+        tracking.log_metrics({"loss": 0.5}, step=1)
+        run_id = run.info.run_id
+    client = mlflow.MlflowClient(uri)
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED" and r.info.run_name == "train_l1"
+    assert r.data.tags["study"] == "demo" and r.data.tags["dvc_stage"] == "train_l1"
+    assert "git_commit" in r.data.tags and "empty" not in r.data.tags
+    assert r.data.params["train.l1.lr"] == str(p.train.l1.lr)
+    assert r.data.params["data.scales"] == "[1, 2, 4, 8]"
+    assert client.get_experiment(r.info.experiment_id).artifact_location.startswith((tmp_path / "mlruns").as_uri())
+    # resume the same run with one changed param: no MLflow error, the change is tagged
+    p.evaluate.figure_images = 5
+    with tracking.start_run(p, "exp-a", "train_l1", {"resumed_from_step": 7}, run_id=run_id):
+        tracking.log_metrics({"loss": 0.25}, step=2)
+    r = client.get_run(run_id)
+    assert r.data.tags["resumed_from_step"] == "7"
+    assert r.data.tags["params_changed_on_resume"] == "evaluate.figure_images"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5, 0.25]
+    # a run id the store does not know starts a new run (and says so)
+    with tracking.start_run(p, "exp-a", "train_l1", run_id="0" * 32) as run2:
+        assert run2.info.run_id != "0" * 32
+    assert client.get_run(run2.info.run_id).data.tags["resumed_run_missing"] == "0" * 32
+
+
+def test_failed_block_marks_run_failed(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(ZeroDivisionError):
+        with tracking.start_run(Params(), "exp-b", "boom", log_all_params=False) as run:
+            1 / 0  # noqa: B018
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+
+
+_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    from retina_sr import tracking
+    from retina_sr.config import Params
+    i = int(sys.argv[1])
+    with tracking.start_run(Params(), "parallel", f"worker{i}", {"worker": i}) as run:
+        for step in range(25):
+            tracking.log_metrics({"a": i + step, "b": step * 0.5}, step=step)
+    print(run.info.run_id)
+    """
+)
+
+
+@pytest.mark.slow
+def test_eight_parallel_writers_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
+    """8 processes create the store, the experiment and log at once: every metric arrives."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/par.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i)], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    client = mlflow.MlflowClient(uri)
+    exps = [e for e in client.search_experiments() if e.name == "parallel"]
+    assert len(exps) == 1
+    runs = client.search_runs([exps[0].experiment_id], max_results=100)
+    assert len(runs) == 8
+    for r in runs:
+        i = int(r.data.tags["worker"])
+        hist = client.get_metric_history(r.info.run_id, "a")
+        assert sorted((m.step, m.value) for m in hist) == [(s, float(i + s)) for s in range(25)]
+        assert len(client.get_metric_history(r.info.run_id, "b")) == 25
+        assert r.data.params["seed"] == "42" and r.info.status == "FINISHED"
+
+
+def test_tracking_init_command_creates_store(tmp_path, monkeypatch):
+    from retina_sr.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/init.db")
+    monkeypatch.chdir(REPO)
+    assert main(["tracking", "init"]) == 0
+    assert (tmp_path / "init.db").is_file()
