@@ -51,7 +51,7 @@ onsuccess:
     # Record Snakemake's results in dvc.lock, so that a following `dvc repro` does not redo them.
     # Only for the default parameter file (dvc.lock describes params.yaml).
     if CONFIGFILES == ["params.yaml"] and Path(".dvc").is_dir():
-        shell("dvc commit --force --quiet && echo 'dvc.lock updated from the Snakemake run (dvc commit)'")
+        shell("retina-sr dvc-commit")
 
 
 rule evaluate:

@@ -28,12 +28,13 @@ class CheckpointError(ValueError):
 
 
 def save_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``model``'s weights and ``meta`` (must hold ``model`` and ``levels``) atomically."""
+    """Write ``model``'s weights and ``meta`` (must hold ``model``, ``levels``, ``scales``, ``phase``) atomically."""
     for key in ("model", "levels", "scales", "phase"):
         if key not in meta:
             raise ValueError(f"checkpoint meta needs {key!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model saves its plain module's keys
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, tmp)
