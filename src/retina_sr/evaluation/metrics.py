@@ -22,6 +22,7 @@ Conventions (stated in every report):
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -100,8 +101,12 @@ def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> np.ndar
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
 
+    k = 2 * _SSIM_RADIUS + 1
+
     def f(z: np.ndarray) -> np.ndarray:
-        return ndi.gaussian_filter(z, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+        # the sampled, normalised Gaussian of scipy.ndimage.gaussian_filter(sigma, truncate, mode="reflect")
+        # (cv2's BORDER_REFLECT is scipy's "reflect"), in float64, ~5x faster
+        return cv2.GaussianBlur(z, (k, k), SSIM_SIGMA, sigmaY=SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
 
     ux, uy = f(x), f(y)
     vx = f(x * x) - ux * ux

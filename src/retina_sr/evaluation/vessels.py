@@ -166,6 +166,12 @@ def calibre_recovery(
 
 
 def thinnest_recovered(bins: list[tuple[float, float, float, float, int]], min_recall: float = 0.5) -> float:
-    """Mean calibre (HR px) of the thinnest bin whose recall is ``>= min_recall`` (NaN if none / no bins)."""
+    """Mean calibre (HR px) of the thinnest bin whose recall is ``>= min_recall``.
+
+    ``inf`` when no bin reaches ``min_recall`` (no vessel recovered at all); NaN when there are no bins
+    (no calibre map / no true vessel pixel), so "nothing recovered" and "not measurable" stay distinct.
+    """
+    if not bins:
+        return float("nan")
     good = [mean for _low, _high, mean, recall, _n in bins if recall >= min_recall]
-    return float(min(good)) if good else float("nan")
+    return float(min(good)) if good else float("inf")

@@ -1,0 +1,231 @@
+"""Tables of the evaluation: ``metrics.json`` (DVC metrics), ``results.csv``, ``summary.md``, plot CSVs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .runner import IMAGE_METRICS, SPEED_METRICS, EvaluationResult
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "CONVENTIONS",
+    "aggregate",
+    "metrics_dict",
+    "write_metrics_json",
+    "write_results_csv",
+    "write_plot_csvs",
+    "summary_markdown",
+    "write_reports",
+    "model_order",
+]
+
+#: direction of each metric (the artifact score: less periodic energy is better; smoothness is
+#: already penalised by PSNR/SSIM and the vessel metrics)
+HIGHER_IS_BETTER = {
+    "psnr_y": True, "psnr_rgb": True, "ssim_y": True, "ssim_rgb": True,
+    "vessel_dice": True, "vessel_cldice": True, "manual_dice": True, "manual_cldice": True,
+    "thinnest_calibre": False, "checkerboard": False, "ms": False, "fps": True,
+}
+
+CONVENTIONS = """\
+- **PSNR** (dB, peak 255) over the field-of-view (FOV) pixels only, no border shave. `psnr_y`: BT.601
+  luminance Y in [16, 235] (MATLAB `rgb2ycbcr`, unrounded) as in the super-resolution literature;
+  `psnr_rgb`: MSE over the three RGB channels.
+- **SSIM** (Wang et al. 2004; Gaussian window sigma 1.5, K1 0.01, K2 0.03, L 255) averaged over the FOV
+  eroded by the 5-px window radius; `ssim_rgb` is the mean over R, G, B.
+- **Vessels**: fixed segmenter (green channel, CLAHE, multi-scale Sato dark-ridge filter, FOV eroded by
+  2 % of the side, Otsu threshold of the HR vesselness reused for every output of the image, small
+  components removed). `vessel_dice` / `vessel_cldice` (Shit et al. CVPR 2021): output vessels vs HR
+  vessels. `manual_dice` / `manual_cldice`: vs the manual (or, for phantoms, exact) vessel mask, only
+  where the source has one; the `hr` row is the segmenter on the HR image itself (the ceiling).
+- **thinnest_calibre**: mean calibre (HR px) of the thinnest 1-px calibre bin whose true-vessel pixels
+  are recalled >= 50 % by the segmentation (phantoms with calibre maps only; n/a elsewhere; "none" =
+  no bin recovered, written as null in metrics.json). Mean over the images that have a calibre map.
+- **checkerboard**: spectral energy of the output's luminance at the upsampling periods (2 .. zoom px)
+  relative to the HR image (1 = like HR, > 1 = periodic artifacts or noise added, < 1 = smoother than
+  HR there); lowest is bold.
+- **ms / fps**: median wall time per image (batch 1, fp32, after 2 warm-up runs, model forward only with
+  the input already on the device) and its inverse, on the device named in the table.
+- Values are means over the test images (NaN-aware); metrics.json writes non-finite values as null.
+"""
+
+_FIXED_ORDER = ("input", "nearest", "bicubic", "lanczos", "l1", "perceptual", "adversarial")
+
+
+def model_order(names) -> list[str]:
+    """Baselines first, then the phases, then modification variants (alphabetical), ``hr`` last."""
+    names = list(dict.fromkeys(names))
+    fixed = [n for n in _FIXED_ORDER if n in names]
+    rest = sorted(n for n in names if n not in _FIXED_ORDER and n != "hr")
+    return fixed + rest + (["hr"] if "hr" in names else [])
+
+
+def aggregate(result: EvaluationResult) -> pd.DataFrame:
+    """One row per model and zoom: NaN-aware means of :data:`IMAGE_METRICS`, speed and image count."""
+    rows = result.rows
+    if rows.empty:
+        raise ValueError("the evaluation produced no rows (no test image?)")
+    vals = rows[list(IMAGE_METRICS)].apply(pd.to_numeric)
+    # PSNR of an exact copy is +inf: left out of the mean; thinnest_calibre +inf (nothing recovered) stays
+    other = [c for c in IMAGE_METRICS if c != "thinnest_calibre"]
+    vals[other] = vals[other].replace([np.inf, -np.inf], np.nan)
+    grouped = pd.concat([rows[["model", "zoom"]], vals], axis=1).groupby(["model", "zoom"], sort=False)
+    agg = grouped.mean().join(grouped.size().rename("n_images"))
+    agg = agg.reset_index()
+    if not result.speed.empty:
+        agg = agg.merge(result.speed[["model", "zoom", *SPEED_METRICS, "device"]], on=["model", "zoom"], how="left")
+    else:
+        for k in (*SPEED_METRICS, "device"):
+            agg[k] = np.nan
+    order = {n: i for i, n in enumerate(model_order(agg["model"]))}
+    agg = agg.sort_values(["zoom", "model"], key=lambda c: c.map(order) if c.name == "model" else c)
+    return agg.reset_index(drop=True)
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def metrics_dict(agg: pd.DataFrame) -> dict:
+    """``{model: {"x2": {"psnr_y": ..., ..., "fps": ...}}}`` (non-finite -> None)."""
+    out: dict = {}
+    for r in agg.to_dict("records"):
+        d = out.setdefault(str(r["model"]), {}).setdefault(f"x{int(r['zoom'])}", {})
+        for k in (*IMAGE_METRICS, *SPEED_METRICS):
+            d[k] = _num(r.get(k))
+    return out
+
+
+def write_metrics_json(agg: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics_dict(agg), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_results_csv(result: EvaluationResult, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.rows.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def write_plot_csvs(agg: pd.DataFrame, plots_dir: str | Path) -> dict[str, Path]:
+    """``quality_speed.csv`` (vessel Dice vs FPS) and ``by_zoom.csv`` (every metric per model and zoom)."""
+    d = Path(plots_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    sp = agg[agg["fps"].notna()].copy()
+    sp["label"] = sp["model"] + " x" + sp["zoom"].astype(str)
+    qs = d / "quality_speed.csv"
+    sp[["label", "model", "zoom", "fps", "ms", "vessel_dice", "vessel_cldice", "psnr_y", "ssim_y"]].to_csv(
+        qs, index=False, float_format="%.6g")
+    bz = d / "by_zoom.csv"
+    agg[agg["model"] != "hr"][["model", "zoom", *IMAGE_METRICS, *SPEED_METRICS]].to_csv(bz, index=False, float_format="%.6g")
+    return {"quality_speed": qs, "by_zoom": bz}
+
+
+def _fmt(v: float, metric: str) -> str:
+    if metric == "thinnest_calibre" and v is not None and v == math.inf:
+        return "none"
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if metric.startswith("psnr"):
+        return f"{v:.2f}"
+    if metric in ("ms", "fps"):
+        return f"{v:.3g}" if v < 1000 else f"{v:.0f}"
+    if metric == "thinnest_calibre":
+        return f"{v:.1f}"
+    return f"{v:.3f}" if metric != "checkerboard" else f"{v:.3g}"
+
+
+def _best(values: pd.Series, metric: str) -> set[int]:
+    v = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan)
+    if not HIGHER_IS_BETTER.get(metric, True):
+        v = -v
+    if v.notna().sum() == 0 or (v.notna().sum() > 1 and v.max() == v.min()):
+        return set()  # nothing to compare, or a tie of every candidate: no winner to highlight
+    best = v.max()
+    return {i for i, x in v.items() if pd.notna(x) and np.isclose(x, best, rtol=1e-9, atol=1e-12)}
+
+
+def summary_markdown(result: EvaluationResult, agg: pd.DataFrame) -> str:
+    """The study's summary: test set, conventions, then per zoom a table (best in bold, ``hr`` excluded)."""
+    t = result.test_description
+    src = ", ".join(f"{k} ({v})" for k, v in t["sources"].items())
+    lines = [
+        "# Evaluation summary",
+        "",
+        "## Test set",
+        "",
+        f"- **{t['count']} held-out test images** ({src}), {t['size']} px after preprocessing; "
+        f"{t['with_vessel_masks']} with manual/exact vessel masks.",
+        f"- Degradation: {t['degradation']}.",
+        f"- Zooms: {', '.join('x' + str(z) for z in t['zooms'])}. Models: "
+        + (", ".join(f"`{e.name}` ({e.path})" for e in result.models) or "none found (baselines only)") + ".",
+        f"- Model speed measured on: {result.device}; baselines on CPU (OpenCV).",
+        "",
+        "## Conventions",
+        "",
+        CONVENTIONS,
+    ]
+    cols = [c for c in (*IMAGE_METRICS, *SPEED_METRICS) if c in agg.columns]
+    for z in sorted(agg["zoom"].unique()):
+        sub = agg[agg["zoom"] == z].reset_index(drop=True)
+        shown = [c for c in cols if sub[c].notna().any()]
+        cand = sub[sub["model"] != "hr"]
+        bold = {c: _best(cand[c], c) for c in shown}
+        lines += [f"## Zoom x{int(z)}", "", "| model | " + " | ".join(shown) + " |",
+                  "|---|" + "---:|" * len(shown)]
+        for i, r in sub.iterrows():
+            name = f"{r['model']} (reference)" if r["model"] == "hr" else str(r["model"])
+            cells = []
+            for c in shown:
+                s = _fmt(r[c], c)
+                cells.append(f"**{s}**" if i in bold[c] and s != "n/a" else s)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += _verdict(agg)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(agg: pd.DataFrame) -> list[str]:
+    """Which candidate preserves the vessels best per zoom (the study's main criterion), and its speed."""
+    out = ["## Best pre-processing step per zoom (vessel clDice vs HR, then speed)", ""]
+    for z in sorted(agg["zoom"].unique()):
+        sub = agg[(agg["zoom"] == z) & (agg["model"] != "hr") & agg["vessel_cldice"].notna()]
+        if sub.empty:
+            continue
+        b = sub.sort_values(["vessel_cldice", "vessel_dice", "fps"], ascending=False, na_position="last").iloc[0]
+        if b["vessel_cldice"] <= 0 and b["vessel_dice"] <= 0:
+            out.append(f"- x{int(z)}: none - no candidate preserves any HR vessel at this zoom")
+            continue
+        speed = f", {b['fps']:.1f} FPS ({b['ms']:.3g} ms/image)" if pd.notna(b.get("fps")) else ""
+        out.append(f"- x{int(z)}: **{b['model']}** (vessel clDice {b['vessel_cldice']:.3f}, Dice "
+                   f"{b['vessel_dice']:.3f}, PSNR-Y {b['psnr_y']:.2f} dB{speed})")
+    out.append("")
+    return out
+
+
+def write_reports(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``metrics.json``, ``results.csv``, ``summary.md`` and ``plots/*.csv`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(result)
+    files = {
+        "metrics": write_metrics_json(agg, out / "metrics.json"),
+        "results": write_results_csv(result, out / "results.csv"),
+    }
+    files.update(write_plot_csvs(agg, out / "plots"))
+    s = out / "summary.md"
+    s.write_text(summary_markdown(result, agg))
+    files["summary"] = s
+    return files

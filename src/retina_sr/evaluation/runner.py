@@ -1,0 +1,392 @@
+"""The evaluation: every model and baseline, on every test image, at every zoom.
+
+:func:`evaluate_outputs` scores one output against its HR reference (pure function of arrays);
+:func:`run_evaluation` loops over zooms, images and candidates (baselines, ``input`` at zoom 1, the
+trained models, and the ``hr`` reference row for the manual-mask metrics), measures the speed, and
+returns an :class:`EvaluationResult` that :mod:`.report`, :mod:`.figures` and :mod:`.tracking_log` turn
+into the study's products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .. import paths
+from ..config import Params
+from .artifacts import checkerboard_score
+from .baselines import upsample
+from .metrics import cldice, dice, psnr, ssim
+from .testset import (
+    ModelEntry,
+    TestSet,
+    discover_models,
+    load_calibre_maps,
+    load_test_set,
+    log2_int,
+)
+from .vessels import VesselResult, VesselSegmenter, calibre_recovery, thinnest_recovered
+
+__all__ = [
+    "IMAGE_METRICS",
+    "SPEED_METRICS",
+    "Reference",
+    "EvaluationResult",
+    "make_reference",
+    "evaluate_outputs",
+    "run_model",
+    "time_callable",
+    "run_evaluation",
+]
+
+log = logging.getLogger(__name__)
+
+#: per-image metrics, in report order
+IMAGE_METRICS = (
+    "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb",
+    "vessel_dice", "vessel_cldice", "manual_dice", "manual_cldice", "thinnest_calibre", "checkerboard",
+)
+#: per model-and-zoom speed metrics
+SPEED_METRICS = ("ms", "fps")
+
+
+@dataclass
+class Reference:
+    """Everything the scores of one test image need from its HR side."""
+
+    image_id: str
+    source: str
+    hr: np.ndarray
+    fov: np.ndarray
+    seg: VesselResult  # HR vessel segmentation (its threshold is reused for the outputs)
+    manual: np.ndarray | None  # manual / true vessel mask, None when the source has none
+    calibre: np.ndarray | None  # calibre map (HR px), None when absent
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image rows, per model-and-zoom speed, model entries and figure material."""
+
+    rows: pd.DataFrame
+    speed: pd.DataFrame  # model, zoom, ms, fps, device
+    models: list[ModelEntry]
+    device: str
+    test_description: dict
+    panels: dict = field(default_factory=dict)  # (zoom, image_id) -> {"lr", "hr", "fov", "outputs": {name: img}, "vessels": {name: mask}}
+
+
+def make_reference(
+    image_id: str, source: str, hr: np.ndarray, fov: np.ndarray, manual: np.ndarray | None,
+    calibre: np.ndarray | None, segmenter: VesselSegmenter, threshold: float | None = None,
+) -> Reference:
+    """Segment the HR image (Otsu threshold unless ``threshold``) and bundle the reference data."""
+    seg = segmenter.segment(hr, fov, threshold)
+    return Reference(image_id, source, hr, fov, seg, manual, calibre)
+
+
+def evaluate_outputs(
+    output: np.ndarray, ref: Reference, scale: int, segmenter: VesselSegmenter, is_reference: bool = False,
+) -> tuple[dict[str, float], np.ndarray]:
+    """All :data:`IMAGE_METRICS` of one output (``uint8`` RGB at HR size) and its vessel map.
+
+    ``is_reference=True`` scores the HR image itself (only the manual-mask and calibre metrics are
+    meaningful; the others are NaN).
+    """
+    if output.shape != ref.hr.shape:
+        raise ValueError(f"{ref.image_id}: output shape {output.shape} differs from HR shape {ref.hr.shape}")
+    nan = float("nan")
+    if is_reference:
+        seg = ref.seg.mask
+        m = dict.fromkeys(IMAGE_METRICS, nan)
+    else:
+        seg = segmenter.segment(output, ref.fov, ref.seg.threshold).mask
+        m = {
+            "psnr_y": psnr(output, ref.hr, ref.fov, "y"),
+            "psnr_rgb": psnr(output, ref.hr, ref.fov, "rgb"),
+            "ssim_y": ssim(output, ref.hr, ref.fov, "y"),
+            "ssim_rgb": ssim(output, ref.hr, ref.fov, "rgb"),
+            "vessel_dice": dice(seg, ref.seg.mask, ref.seg.region),
+            "vessel_cldice": cldice(seg, ref.seg.mask, ref.seg.region),
+            "manual_dice": nan,
+            "manual_cldice": nan,
+            "thinnest_calibre": nan,
+            "checkerboard": checkerboard_score(output, ref.hr, scale),
+        }
+    if ref.manual is not None:
+        m["manual_dice"] = dice(seg, ref.manual, ref.seg.region)
+        m["manual_cldice"] = cldice(seg, ref.manual, ref.seg.region)
+        if ref.calibre is not None:
+            bins = calibre_recovery(seg, ref.manual, ref.calibre, region=ref.seg.region)
+            m["thinnest_calibre"] = thinnest_recovered(bins)
+    return m, seg
+
+
+@dataclass
+class _ScoreJob:
+    """Everything needed to score one test image's outputs (picklable, for worker processes)."""
+
+    path: str
+    scale: int
+    image_id: str
+    source: str
+    hr: np.ndarray
+    fov: np.ndarray
+    manual: np.ndarray | None
+    calibre: np.ndarray | None
+    outputs: dict[str, np.ndarray]
+    kinds: dict[str, str]
+    segmenter: VesselSegmenter
+    threshold: float | None
+    hr_seg: VesselResult | None
+    keep_maps: bool
+
+
+def _score_job(job: _ScoreJob) -> tuple[list[dict], dict[str, np.ndarray] | None, VesselResult]:
+    """Rows (one per output, plus ``hr`` where a manual mask exists), vessel maps if asked, HR segmentation."""
+    hr_seg = job.hr_seg
+    if hr_seg is None:
+        try:
+            hr_seg = job.segmenter.segment(job.hr, job.fov, job.threshold)
+        except ValueError as err:
+            raise ValueError(f"{job.path}: HR image {job.image_id!r}: {err}") from None
+    ref = Reference(job.image_id, job.source, job.hr, job.fov, hr_seg, job.manual, job.calibre)
+    base = {"image_id": job.image_id, "source": job.source, "zoom": job.scale}
+    rows, maps = [], {}
+    for name, img in job.outputs.items():
+        try:
+            m, seg = evaluate_outputs(img, ref, job.scale, job.segmenter)
+        except ValueError as err:
+            raise ValueError(f"{job.path}: image {job.image_id!r}, {name} at x{job.scale}: {err}") from None
+        maps[name] = seg
+        rows.append({**base, "model": name, "kind": job.kinds[name], **m})
+    if job.manual is not None:
+        m, _ = evaluate_outputs(job.hr, ref, job.scale, job.segmenter, is_reference=True)
+        rows.append({**base, "model": "hr", "kind": "reference", **m})
+    if not job.keep_maps:
+        return rows, None, hr_seg
+    maps["hr"] = hr_seg.mask
+    return rows, maps, hr_seg
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _scoring_pool(workers: int):
+    """A spawn-based process pool for ``workers > 1`` (spawn: safe after torch/CUDA initialisation)."""
+    if workers <= 1:
+        return None
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"), initializer=_worker_init)
+
+
+# ------------------------------------------------------------------------------------------ models
+def _to_tensor(img: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32).div_(255.0)
+
+
+def run_model(model, lr: np.ndarray, scale: int, device="cpu") -> np.ndarray:
+    """Super-resolve one RGB ``uint8`` image by ``scale`` with a LapSRN (last pyramid output, fp32)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(_to_tensor(lr, device), n_up=log2_int(scale))[-1]
+        out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    return out[0].permute(1, 2, 0).cpu().numpy()
+
+
+def time_callable(fn: Callable[[], object], repeats: int, warmup: int = 2, sync: Callable[[], None] | None = None) -> float:
+    """Median wall time (ms) of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(statistics.median(times))
+
+
+def _model_timer(model, lr: np.ndarray, scale: int, device) -> tuple[Callable[[], object], Callable[[], None] | None]:
+    import torch
+
+    x = _to_tensor(lr, device)
+    n_up = log2_int(scale)
+
+    def fn() -> object:
+        with torch.inference_mode():
+            return model(x, n_up=n_up)[-1]
+
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    return fn, sync
+
+
+def _load_models(entries: list[ModelEntry], device) -> dict[str, object]:
+    from ..models.checkpoint import load_model
+
+    loaded = {}
+    for e in entries:
+        model, meta = load_model(e.path, device)
+        e.meta = dict(meta)
+        e.phase = e.phase or meta.get("phase")
+        e.variant = e.variant if e.variant is not None else meta.get("variant")
+        loaded[e.name] = model
+    return loaded
+
+
+def _describe(params: Params, sets: dict[int, TestSet]) -> dict:
+    first = next(iter(sets.values()))
+    p = params.data.patches
+    sources: dict[str, int] = {}
+    for s in first.sources:
+        sources[s] = sources.get(s, 0) + 1
+    from ..data.patches import test_degradation  # the data stage's statement of the test degradation
+
+    td = test_degradation(p)
+    degradation = (
+        f"Gaussian blur sigma {td['sigma']:.2f} HR px at x1 and {td['sigma']:.2f} x zoom HR px above, "
+        f"area downscale by the zoom (INTER_AREA)"
+        + (f", Poisson noise peak {td['poisson_peak']}" if td.get("poisson_peak") else "")
+        + f", Gaussian noise std {td['noise_std']:.3f} (0..1 scale), 8-bit quantisation"
+        + (f", JPEG quality {td['jpeg_quality']}" if td.get("jpeg_quality") else "")
+        + "; seeded per image and zoom (data stage, `data/patches/test_x{s}.npz`)"
+    )
+    return {
+        "count": len(first),
+        "ids": list(first.ids),
+        "sources": sources,
+        "size": f"{first.hr.shape[2]}x{first.hr.shape[1]}",
+        "with_vessel_masks": int(first.has_vessels.sum()),
+        "zooms": sorted(sets),
+        "degradation": degradation,
+    }
+
+
+def run_evaluation(
+    params: Params,
+    models: list[ModelEntry] | None = None,
+    root: str | Path = ".",
+    device: str | None = None,
+    segmenter: VesselSegmenter | None = None,
+    progress: bool = True,
+    on_panel: Callable[[int, str, dict], None] | None = None,
+    workers: int = 1,
+) -> EvaluationResult:
+    """Evaluate ``models`` (default: :func:`discover_models` under ``root``) and the baselines.
+
+    Reads ``root/data/patches/test_x{s}.npz`` for every ``s`` in ``params.data.scales``; a model is run
+    at the zooms it supports (``2 ** levels >= s``). Figure material of the first
+    ``evaluate.figure_images`` images is handed to ``on_panel(zoom, image_id, panel)`` as soon as it
+    exists (so full-size outputs are not all kept in memory), or kept in ``result.panels`` when no
+    callback is given. ``workers > 1`` scores the images in that many processes (models still run in
+    this process, one image at a time); the results are identical and in the same order.
+    """
+    from tqdm import tqdm
+
+    from ..runtime import device_name, pick_device
+
+    root = Path(root)
+    cfg = params.evaluate
+    segmenter = segmenter or VesselSegmenter()
+    dev = pick_device(device or params.train.device)
+    dev_name = device_name(dev)
+    entries = discover_models(root) if models is None else list(models)
+    loaded = _load_models(entries, dev)
+    if not entries:
+        log.warning("no trained model found under %s: evaluating the baselines only", root / paths.MODELS)
+
+    sets = {s: load_test_set(root / paths.patches_file("test", s), s, cfg.max_images) for s in params.data.scales}
+    ids0 = sets[params.data.scales[0]].ids
+    for s, ts in sets.items():
+        if ts.ids != ids0:
+            raise ValueError(f"{ts.path}: test images {ts.ids} differ from those of the other zooms {ids0}; re-run the patches stage")
+
+    rows: list[dict] = []
+    speed: list[dict] = []
+    panels: dict = {}
+    hr_segs: dict[tuple[str, str], VesselResult] = {}  # the HR of an image is the same at every zoom
+    n_fig = cfg.figure_images
+    pool = _scoring_pool(workers)
+    try:
+        for s, ts in sets.items():
+            calib = load_calibre_maps(ts.ids, ts.hr.shape[1:3], root)
+            candidates = [("input", "input")] if s == 1 else [(b, "baseline") for b in cfg.baselines]
+            usable = [e for e in entries if e.max_scale >= s]
+            for e in entries:
+                if e.max_scale < s:
+                    log.info("%s supports up to x%d: skipped at x%d", e.name, e.max_scale, s)
+            pending: deque = deque()
+
+            def consume(item) -> None:
+                key, i, outputs, fut = item
+                res_rows, maps, hr_seg = fut.result() if pool is not None else fut
+                hr_segs.setdefault(key, hr_seg)
+                rows.extend(res_rows)
+                if maps is not None:
+                    panel = {"lr": ts.lr[i], "hr": ts.hr[i], "fov": ts.fov[i], "outputs": outputs,
+                             "vessels": maps, "region": hr_seg.region}
+                    if on_panel is not None:
+                        on_panel(s, ts.ids[i], panel)
+                    else:
+                        panels[(s, ts.ids[i])] = panel
+
+            it = tqdm(range(len(ts)), desc=f"evaluate x{s}", disable=not progress, leave=False)
+            for i in it:
+                manual = ts.vessels[i] if ts.has_vessels[i] else None
+                key = (ts.ids[i], hashlib.sha1(ts.hr[i].tobytes() + ts.fov[i].tobytes()).hexdigest())
+                outputs: dict[str, np.ndarray] = {}
+                for name, _kind in candidates:
+                    outputs[name] = ts.lr[i].copy() if name == "input" else upsample(ts.lr[i], s, name)
+                for e in usable:
+                    outputs[e.name] = run_model(loaded[e.name], ts.lr[i], s, dev)
+                job = _ScoreJob(
+                    path=str(ts.path), scale=s, image_id=ts.ids[i], source=ts.sources[i], hr=ts.hr[i], fov=ts.fov[i],
+                    manual=manual, calibre=calib.get(ts.ids[i]) if manual is not None else None,
+                    outputs=outputs, kinds={**dict(candidates), **{e.name: "model" for e in usable}},
+                    segmenter=segmenter, threshold=cfg.vessel_threshold, hr_seg=hr_segs.get(key),
+                    keep_maps=i < n_fig,
+                )
+                pending.append((key, i, outputs if i < n_fig else None,
+                                pool.submit(_score_job, job) if pool is not None else _score_job(job)))
+                while len(pending) > (2 * workers if pool is not None else 0):  # bound the memory in flight
+                    consume(pending.popleft())
+            while pending:  # drain before timing: the speed runs must not compete with the scoring
+                consume(pending.popleft())
+            # speed: warm, median over speed_repeats on the first test image
+            lr0 = ts.lr[0]
+            for name, kind in candidates:
+                if kind == "baseline":
+                    ms = time_callable(lambda n=name: upsample(lr0, s, n), cfg.speed_repeats)
+                    speed.append({"model": name, "zoom": s, "ms": ms, "fps": 1000.0 / ms if ms > 0 else math.inf,
+                                  "device": "CPU (OpenCV)"})
+            for e in usable:
+                fn, sync = _model_timer(loaded[e.name], lr0, s, dev)
+                ms = time_callable(fn, cfg.speed_repeats, sync=sync)
+                speed.append({"model": e.name, "zoom": s, "ms": ms, "fps": 1000.0 / ms if ms > 0 else math.inf,
+                              "device": dev_name})
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    rows_df = pd.DataFrame(rows, columns=["image_id", "source", "zoom", "model", "kind", *IMAGE_METRICS])
+    speed_df = pd.DataFrame(speed, columns=["model", "zoom", "ms", "fps", "device"])
+    return EvaluationResult(rows_df, speed_df, entries, dev_name, _describe(params, sets), panels)
