@@ -71,7 +71,7 @@ rule evaluate:
         directory("reports/plots"),
         "reports/metrics.json",
     params:
-        **pick("seed", "data.scales", "evaluate", "train.modified.variants"),
+        **pick("seed", "data.scales", "data.patches", "evaluate", "train.device", "train.modified.variants", "mlflow"),
     threads: TRAIN_THREADS
     shell:
         "python workflow/scripts/evaluate.py {PARAMS_ARGS} --threads {threads}"

@@ -26,6 +26,9 @@ def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
     buf = np.fromfile(path, dtype=np.uint8)  # works with any file name, unlike cv2.imread
     if buf.size == 0:
         raise ImageReadError(f"{path}: empty file")
+    if buf[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buf[-4096:].tobytes():
+        # OpenCV decodes a cut JPEG into a grey-filled image with only a warning: refuse it
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker); download or copy it again")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
@@ -41,6 +44,8 @@ def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
     if img.shape[2] == 4:
         img = img[:, :, :3]
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if not allow_gray and img.max() < 15:
+        raise ImageReadError(f"{path}: all black (no pixel brighter than 15/255)")
     if not allow_gray and _is_gray(img):
         raise ImageReadError(f"{path}: grayscale image stored as RGB; a colour fundus photograph is needed")
     return np.ascontiguousarray(img)

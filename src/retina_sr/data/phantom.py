@@ -25,6 +25,7 @@ References
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class _Branch:
     artery: bool
     curvature: float  # systematic turning rate (rad / px)
     generation: int
+    side: int = 1  # side of the next side branch (alternates along a vessel)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -77,28 +79,35 @@ def _grow_tree(
     ox, oy = disc
     temporal = math.atan2(fy - oy, fx - ox)  # heading from the disc towards the fovea
     segments: list[tuple[float, float, float, float, float, bool]] = []
-    stack: list[_Branch] = []
+    stack: list[tuple[float, int, _Branch]] = []  # max-heap on diameter: big vessels first
+    counter = 0
+
+    def push(br: _Branch) -> None:
+        nonlocal counter
+        counter += 1
+        heapq.heappush(stack, (-br.diameter, counter, br))
+
     # main trunks: superior/inferior temporal arcades (bend round the macula), nasal and small ones
     for vert in (-1, 1):  # -1 superior (up), +1 inferior
         for artery in (False, True):
-            d0 = (12.0 if not artery else 9.0) * u * rng.uniform(0.9, 1.1)
-            a0 = temporal + vert * rng.uniform(1.3, 1.5) + (0.1 if artery else -0.05) * vert
-            curv = -vert * rng.uniform(1.7, 2.1) / radius  # turn back towards the horizontal raphe
-            stack.append(_Branch(ox + rng.normal(0, 3 * u), oy + vert * rng.uniform(2, 8) * u, a0, d0, artery, curv, 0))
+            d0 = (10.5 if not artery else 7.5) * u * rng.uniform(0.9, 1.1)
+            a0 = temporal + vert * rng.uniform(1.45, 1.65) + (0.1 if artery else -0.05) * vert
+            curv = -vert * rng.uniform(1.5, 1.8) / radius  # turn back towards the horizontal raphe
+            push(_Branch(ox + rng.normal(0, 3 * u), oy + vert * rng.uniform(2, 8) * u, a0, d0, artery, curv, 0))
             # nasal trunk
             d1 = (7.5 if not artery else 6.0) * u * rng.uniform(0.85, 1.1)
             a1 = temporal + math.pi - vert * rng.uniform(0.5, 1.0)
-            stack.append(_Branch(ox, oy + vert * 4 * u, a1, d1, artery, vert * 0.6 / radius, 0))
+            push(_Branch(ox, oy + vert * 4 * u, a1, d1, artery, vert * 0.6 / radius, 0))
         # small macular branch heading straight to the macula
-        stack.append(_Branch(ox, oy, temporal + vert * rng.uniform(0.15, 0.35), 3.0 * u, bool(vert > 0), 0.0, 1))
+        push(_Branch(ox, oy, temporal + vert * rng.uniform(0.15, 0.35), 3.0 * u, bool(vert > 0), 0.0, 1))
 
     step = 1.5 * u
     min_d = 0.3 * u
-    max_branches = 700
+    max_branches = 260
     n_branches = 0
     fovea_free = 0.07 * radius  # foveal avascular zone
     while stack and n_branches < max_branches:
-        b = stack.pop()
+        b = heapq.heappop(stack)[2]
         n_branches += 1
         length = (30.0 + 16.0 * b.diameter / u) * u * rng.uniform(0.6, 1.4)
         turn = 0.0
@@ -106,18 +115,20 @@ def _grow_tree(
         x, y, a, d = b.x, b.y, b.angle, b.diameter
         alive = True
         while walked < length:
-            turn = 0.9 * turn + rng.normal(0, 0.012) * (1.0 + 1.0 * u / max(d, u))  # tortuosity
+            turn = 0.9 * turn + rng.normal(0, 0.007) * (1.0 + 1.0 * u / max(d, u))  # tortuosity
             # steer away from the fovea (the arcades embrace the macula)
             dfx, dfy = fx - x, fy - y
             dist_f = math.hypot(dfx, dfy)
             steer = 0.0
-            if dist_f < 0.35 * radius and b.generation > 0:
+            if dist_f < 0.25 * radius:
                 to_f = math.atan2(dfy, dfx)
                 diff = (a - to_f + math.pi) % (2 * math.pi) - math.pi
                 if abs(diff) < math.pi / 2:
-                    steer = math.copysign(0.02, diff) * (0.35 * radius / max(dist_f, 1.0)) * 0.5
-            fade = math.exp(-math.hypot(x - ox, y - oy) / (0.9 * radius))  # arcade bend fades out
-            a += turn + b.curvature * fade * step + steer
+                    steer = math.copysign(0.006, diff) * min(3.0, 0.25 * radius / max(dist_f, 1.0))
+            fade = math.exp(-math.hypot(x - ox, y - oy) / (1.2 * radius))  # arcade bend fades out
+            off = (a - temporal + math.pi) % (2 * math.pi) - math.pi
+            bend = 0.0 if off * b.curvature > 0 and abs(off) > 0.3 else b.curvature * fade  # no over-bending
+            a += turn + bend * step + steer
             nx, ny = x + step * math.cos(a), y + step * math.sin(a)
             if math.hypot(nx - cx, ny - cy) > radius * 1.02 or math.hypot(nx - fx, ny - fy) < fovea_free:
                 alive = False
@@ -130,23 +141,24 @@ def _grow_tree(
         if not alive or d < min_d:
             continue
         if d < 2.0 * u and rng.random() < 0.6:  # small vessels: a terminal run, no further split
-            stack.append(_Branch(x, y, a, d * 0.8, b.artery, 0.0, 99))
+            push(_Branch(x, y, a, d * 0.8, b.artery, 0.0, 99))
             continue
         if b.generation >= 99:
             continue
         # bifurcation: Murray's law d^3 = d1^3 + d2^3, asymmetric; optimal angles (Zamir 1976)
-        ratio = rng.uniform(0.86, 0.98)
+        ratio = rng.uniform(0.88, 0.99)
         d1 = d * ratio
         d2 = d * (1.0 - ratio**3) ** (1.0 / 3.0)
         cos1 = (d**4 + d1**4 - d2**4) / (2 * d**2 * d1**2)
         cos2 = (d**4 + d2**4 - d1**4) / (2 * d**2 * d2**2)
         th1 = math.acos(max(-1.0, min(1.0, cos1)))
         th2 = math.acos(max(-1.0, min(1.0, cos2)))
-        s = 1 if rng.random() < 0.5 else -1
+        s = b.side if rng.random() < 0.8 else -b.side
         if d1 >= min_d:
-            stack.append(_Branch(x, y, a + s * th1, d1, b.artery, b.curvature, b.generation))
+            push(_Branch(x, y, a + s * th1, d1, b.artery, b.curvature, b.generation, -s))
         if d2 >= min_d:
-            stack.append(_Branch(x, y, a - s * th2, d2, b.artery, rng.normal(0, 0.3) / radius, b.generation + 1))
+            push(_Branch(x, y, a - s * th2, d2, b.artery, rng.normal(0, 0.3) / radius, b.generation + 1,
+                         1 if rng.random() < 0.5 else -1))
     return segments
 
 

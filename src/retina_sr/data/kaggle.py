@@ -1,0 +1,307 @@
+"""EyePACS (Kaggle "diabetic-retinopathy-detection") through the official ``kaggle`` package.
+
+- ``archive: sample``: ``sample.zip`` (10 JPEGs under ``sample/``).
+- ``archive: train``: ``train.zip.001`` .. ``train.zip.005``, one multi-volume 7-Zip archive
+  (~35 GB), read through :class:`ConcatReader` (the volumes are byte-wise parts of one archive).
+
+Both join the diabetic-retinopathy grade from ``trainLabels.csv.zip`` (column ``level``) into the
+manifest's ``label``. A seeded random choice of ``data.n_images`` members is extracted, only those.
+
+Resumable: a completed download is recorded in ``<cache>/.done/<file>`` (with its size) and is
+skipped on a rerun; an interrupted file is resumed by the Kaggle client itself (HTTP Range);
+extracted members with the right size are not extracted again.
+
+The network is touched only by :func:`fetch` (one call of ``KaggleApi.competition_download_file``),
+so tests monkeypatch it. ``import kaggle`` authenticates at import time and prints help without
+credentials, so it is imported lazily, after our own credential check.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig
+
+__all__ = [
+    "KaggleError",
+    "RULES_URL",
+    "check_credentials",
+    "get_api",
+    "fetch",
+    "ensure_file",
+    "ConcatReader",
+    "open_archive",
+    "download_kaggle",
+]
+
+RULES_URL = "https://www.kaggle.com/competitions/diabetic-retinopathy-detection/rules"
+TRAIN_PARTS = tuple(f"train.zip.{i:03d}" for i in range(1, 6))
+LABELS = "trainLabels.csv.zip"
+_SEVENZ_MAGIC = b"7z\xbc\xaf\x27\x1c"
+
+
+class KaggleError(RuntimeError):
+    """Kaggle download failed (credentials, rules, network, disk); the message says what to do."""
+
+
+def check_credentials(env: dict | None = None, home: Path | None = None) -> None:
+    """Raise :class:`KaggleError` unless some Kaggle credential is configured."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    cfg_dir = Path(env.get("KAGGLE_CONFIG_DIR", home / ".kaggle"))
+    if (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) or env.get("KAGGLE_API_TOKEN"):
+        return
+    if (cfg_dir / "kaggle.json").is_file() or (cfg_dir / "access_token").is_file():
+        return
+    raise KaggleError(
+        "no Kaggle credentials: create an API token at https://www.kaggle.com/settings/api and save it as "
+        f"{cfg_dir / 'kaggle.json'} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY "
+        "(or KAGGLE_API_TOKEN); then accept the competition rules at " + RULES_URL
+    )
+
+
+def get_api():
+    """An authenticated ``KaggleApi`` (imported lazily: ``import kaggle`` authenticates on import)."""
+    check_credentials()
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - kaggle raises SystemExit/ValueError/IOError
+        raise KaggleError(f"Kaggle authentication failed ({err}): check ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY") from None
+    return api
+
+
+def fetch(api, competition: str, file_name: str, dest: Path) -> None:
+    """The one network call: download ``file_name`` of ``competition`` into folder ``dest``.
+
+    The client resumes a partial file (HTTP Range) and, with ``unzip=True``, unwraps files the
+    server delivers zipped (``foo.csv`` arriving as ``foo.csv.zip``) so ``dest/file_name`` exists.
+    """
+    api.competition_download_file(competition, file_name, path=str(dest), quiet=False, unzip=True)
+
+
+def _status(err: BaseException) -> int | None:
+    for obj in (err, getattr(err, "response", None)):
+        for attr in ("status", "status_code"):
+            v = getattr(obj, attr, None)
+            if isinstance(v, int):
+                return v
+    text = str(err)
+    for code in (401, 403, 404):
+        if f"{code}" in text and ("Forbidden" in text or "Unauthorized" in text or "Not Found" in text
+                                  or f" {code}" in text or f"{code} " in text):
+            return code
+    return None
+
+
+def _is_offline(err: BaseException) -> bool:
+    names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
+    text = str(err).lower()
+    return bool(names & {"ConnectionError", "ConnectTimeout", "NewConnectionError", "MaxRetryError",
+                         "NameResolutionError", "gaierror", "ReadTimeout", "Timeout"}) or any(
+        s in text for s in ("name resolution", "failed to establish", "network is unreachable",
+                            "temporary failure", "connection refused", "max retries exceeded"))
+
+
+def ensure_file(api, competition: str, file_name: str, cache: Path, *, fetcher=None) -> Path:
+    """Download one competition file into ``cache`` unless a completed copy is recorded there."""
+    fetcher = fetcher or fetch
+    cache.mkdir(parents=True, exist_ok=True)
+    target, marker = cache / file_name, cache / ".done" / file_name
+    if target.is_file() and marker.is_file() and marker.read_text().strip() == str(target.stat().st_size):
+        return target
+    try:
+        fetcher(api, competition, file_name, cache)
+    except KaggleError:
+        raise
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - map the client's errors to clear messages
+        code = _status(err)
+        if code == 403:
+            raise KaggleError(
+                f"Kaggle refused {file_name} (HTTP 403): accept the rules at {RULES_URL} "
+                "with the account of your API token, then rerun"
+            ) from None
+        if code == 401:
+            raise KaggleError("Kaggle rejected the credentials (HTTP 401): create a new API token at "
+                              "https://www.kaggle.com/settings/api") from None
+        if _is_offline(err):
+            raise KaggleError(
+                f"cannot reach kaggle.com to download {file_name} (offline?): connect to the internet, or "
+                "use data.source: demo / folder; a rerun resumes the download"
+            ) from None
+        raise KaggleError(f"downloading {file_name} from Kaggle failed: {type(err).__name__}: {err}") from None
+    if not target.is_file():
+        raise KaggleError(f"the Kaggle client reported success but {target} is missing")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(target.stat().st_size))
+    return target
+
+
+class ConcatReader(io.RawIOBase):
+    """A read-only seekable file over byte-wise volumes (``x.001``, ``x.002``, ...) of one archive."""
+
+    def __init__(self, parts: list[Path]):
+        super().__init__()
+        self._files = [open(p, "rb") for p in parts]  # noqa: SIM115 - closed in close()
+        self._sizes = [os.fstat(f.fileno()).st_size for f in self._files]
+        self._starts = np.concatenate([[0], np.cumsum(self._sizes)]).tolist()
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._starts[-1]}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        n = 0
+        while n < len(view) and self._pos < self._starts[-1]:
+            i = int(np.searchsorted(self._starts, self._pos, side="right") - 1)
+            f = self._files[i]
+            f.seek(self._pos - self._starts[i])
+            k = f.readinto(view[n: n + min(len(view) - n, self._starts[i + 1] - self._pos)])
+            if not k:
+                break
+            n += k
+            self._pos += k
+        return n
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        super().close()
+
+
+class _Archive:
+    """Uniform member listing/extraction over zip and 7z (single file or volumes)."""
+
+    def __init__(self, parts: list[Path]):
+        self.parts = parts
+        self.stream = ConcatReader(parts) if len(parts) > 1 else open(parts[0], "rb")  # noqa: SIM115
+        head = self.stream.read(6)
+        self.stream.seek(0)
+        if head == _SEVENZ_MAGIC:
+            import py7zr
+
+            self.kind = "7z"
+            self._z = py7zr.SevenZipFile(io.BufferedReader(self.stream) if len(parts) > 1 else self.stream, "r")
+            self.sizes = {i.filename: i.uncompressed for i in self._z.list() if not i.is_directory}
+        elif head[:2] == b"PK":
+            self.kind = "zip"
+            self._z = zipfile.ZipFile(self.stream)
+            self.sizes = {i.filename: i.file_size for i in self._z.infolist() if not i.is_dir()}
+        else:
+            raise KaggleError(f"{parts[0]}: neither a zip nor a 7z archive (incomplete download? delete it and rerun)")
+
+    def extract(self, members: list[str], dest: Path) -> None:
+        if not members:
+            return
+        if self.kind == "zip":
+            for m in members:
+                self._z.extract(m, dest)
+        else:
+            self._z.reset()
+            self._z.extract(path=dest, targets=members)
+
+    def close(self) -> None:
+        self._z.close()
+        self.stream.close()
+
+
+def open_archive(parts: list[Path]) -> _Archive:
+    """Open a zip or 7z archive given as one file or its ordered volumes."""
+    return _Archive([Path(p) for p in parts])
+
+
+def _read_labels(path: Path) -> pd.DataFrame:
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith(".csv")]
+        if not names:
+            raise KaggleError(f"{path}: no CSV inside; delete it and rerun")
+        with z.open(names[0]) as f:
+            df = pd.read_csv(f, dtype={"image": str})
+    if not {"image", "level"} <= set(df.columns):
+        raise KaggleError(f"{path}: expected columns image, level; got {list(df.columns)}")
+    return df
+
+
+def _check_space(cache: Path, min_free_gb: float, pending: list[str]) -> None:
+    if not pending:
+        return
+    free = shutil.disk_usage(cache).free / 1e9
+    if free < min_free_gb:
+        raise KaggleError(
+            f"only {free:.0f} GB free at {cache}; the training archive needs {min_free_gb:.0f} GB "
+            "(data.kaggle.min_free_gb): free disk space, point data.kaggle.cache_dir elsewhere, or use archive: sample"
+        )
+
+
+def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fetcher=None) -> list[dict]:
+    """Download (resumably), select ``cfg.n_images`` seeded members, extract them, return manifest rows."""
+    from .download import _link
+
+    kc = cfg.kaggle
+    cache = Path(kc.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    if api is None and fetcher is None:
+        api = get_api()
+    files = ["sample.zip"] if kc.archive == "sample" else list(TRAIN_PARTS)
+    if kc.archive == "train":
+        done = [f for f in files if (cache / ".done" / f).is_file()]
+        _check_space(cache, kc.min_free_gb, [f for f in files if f not in done])
+    labels = _read_labels(ensure_file(api, kc.competition, LABELS, cache, fetcher=fetcher))
+    parts = [ensure_file(api, kc.competition, f, cache, fetcher=fetcher) for f in files]
+    level = dict(zip(labels["image"], labels["level"].astype(str)))
+    arc = open_archive(parts)
+    try:
+        images = sorted(m for m in arc.sizes if m.lower().endswith((".jpeg", ".jpg", ".png")))
+        if not images:
+            raise KaggleError(f"{parts[0]}: no images in the archive")
+        labelled = [m for m in images if Path(m).stem in level]
+        if not labelled:
+            raise KaggleError(f"no image of {parts[0].name} has a grade in {LABELS}: delete {cache} and rerun")
+        n = min(cfg.n_images, len(labelled))
+        if n < cfg.n_images:
+            print(f"warning: the {kc.archive} archive holds {len(labelled)} images, fewer than data.n_images={cfg.n_images}")
+        rng = np.random.default_rng(seed)
+        chosen = sorted(rng.choice(labelled, size=n, replace=False).tolist())
+        ext = cache / "extracted" / kc.archive
+        todo = [m for m in chosen if not ((ext / m).is_file() and (ext / m).stat().st_size == arc.sizes[m])]
+        arc.extract(todo, ext)
+    finally:
+        arc.close()
+    rows = []
+    for m in chosen:
+        stem = Path(m).stem
+        dst = out / f"{stem}{Path(m).suffix.lower()}"
+        _link(ext / m, dst)
+        w = h = ""
+        try:
+            from PIL import Image
+
+            with Image.open(dst) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - unreadable files are rejected by preprocess
+            pass
+        rows.append(dict(id=stem, source="eyepacs", path=str(dst), width=w, height=h,
+                         label=level.get(stem, ""), vessel_mask="", fov_mask=""))
+    return rows

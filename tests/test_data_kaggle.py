@@ -1,0 +1,178 @@
+"""Kaggle EyePACS path offline end to end (archive -> manifest) and its error messages."""
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import cv2
+import pandas as pd
+import pytest
+import requests
+
+from retina_sr.config import params_from_dict
+from retina_sr.data import kaggle as kg
+from retina_sr.data.download import run_download
+from retina_sr.data.phantom import generate_phantom
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def _labels_zip(path: Path, names: list[str]) -> None:
+    df = pd.DataFrame({"image": names, "level": [i % 5 for i in range(len(names))]})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("trainLabels.csv", df.to_csv(index=False))
+
+
+class FakeServer:
+    """Stands in for ``kaggle.fetch``: copies files from a folder, counts calls."""
+
+    def __init__(self, root: Path):
+        self.root, self.calls = root, []
+
+    def __call__(self, api, competition, file_name, dest):
+        assert competition == "diabetic-retinopathy-detection"
+        self.calls.append(file_name)
+        shutil.copy(self.root / file_name, Path(dest) / file_name)
+
+
+def _params(tmp: Path, archive: str, n: int, **kw):
+    return params_from_dict({"data": {"source": "kaggle", "n_images": n,
+                                      "kaggle": {"archive": archive, "cache_dir": str(tmp / "cache"), **kw}}})
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED / "eyepacs_sample").is_dir(), reason="../shared/data/eyepacs_sample not present")
+def test_sample_zip_end_to_end(tmp_path):
+    srv = tmp_path / "server"
+    srv.mkdir()
+    files = sorted((SHARED / "eyepacs_sample").glob("*.jpeg"))
+    with zipfile.ZipFile(srv / "sample.zip", "w", zipfile.ZIP_STORED) as z:
+        for f in files:
+            z.write(f, f"sample/{f.name}")
+    _labels_zip(srv / "trainLabels.csv.zip", [f.stem for f in files])
+    fake = FakeServer(srv)
+    p = _params(tmp_path, "sample", 4)
+    df = kg.download_kaggle(p.data, tmp_path / "raw", p.seed, fetcher=fake)
+    assert len(df) == 4 and {r["source"] for r in df} == {"eyepacs"}
+    for r in df:
+        assert Path(r["path"]).is_file() and r["width"] >= 2592 and r["label"] in {"0", "1", "2", "3", "4"}
+    assert sorted(fake.calls) == ["sample.zip", "trainLabels.csv.zip"]
+    again = kg.download_kaggle(p.data, tmp_path / "raw", p.seed, fetcher=fake)  # resumable: no refetch
+    assert again == df and len(fake.calls) == 2
+
+
+def _make_7z_volumes(srv: Path, n_img: int = 6, n_parts: int = 5) -> list[str]:
+    import py7zr
+
+    names = [f"{10 + i}_{'left' if i % 2 else 'right'}" for i in range(n_img)]
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as z:
+        for i, n in enumerate(names):
+            img = generate_phantom(128, seed=i).image
+            z.writestr(cv2.imencode(".jpeg", img[..., ::-1])[1].tobytes(), f"train/{n}.jpeg")
+    data = buf.getvalue()
+    step = -(-len(data) // n_parts)
+    for k in range(n_parts):
+        (srv / f"train.zip.{k + 1:03d}").write_bytes(data[k * step:(k + 1) * step])
+    return names
+
+
+def test_multivolume_7z_end_to_end(tmp_path, monkeypatch):
+    srv = tmp_path / "server"
+    srv.mkdir()
+    names = _make_7z_volumes(srv)
+    _labels_zip(srv / "trainLabels.csv.zip", names + ["999_left"])
+    fake = FakeServer(srv)
+    p = _params(tmp_path, "train", 3, min_free_gb=0.0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(kg, "fetch", fake)  # the one network call
+    df = run_download(p, tmp_path / "raw", kaggle_api="authenticated-api-stand-in")
+    assert list(df.columns) == ["id", "source", "path", "width", "height", "label", "vessel_mask", "fov_mask"]
+    assert (tmp_path / "raw" / "manifest.csv").is_file() and (tmp_path / "raw" / "source.json").is_file()
+    rows = df.to_dict("records")
+    assert len(rows) == 3 and len({r["id"] for r in rows}) == 3
+    assert all(r["id"] in names and int(r["width"]) == 128 and r["source"] == "eyepacs" for r in rows)
+    assert all(r["label"] == str(names.index(r["id"]) % 5) for r in rows)  # DR grade joined
+    assert sorted(fake.calls) == sorted(["trainLabels.csv.zip"] + [f"train.zip.{i:03d}" for i in range(1, 6)])
+    # deterministic selection for the seed; nothing re-downloaded or re-extracted
+    ext = tmp_path / "cache" / "extracted" / "train" / "train"
+    mtimes = {f.name: f.stat().st_mtime_ns for f in ext.iterdir()}
+    again = kg.download_kaggle(p.data, tmp_path / "raw2", p.seed, fetcher=fake)
+    assert [r["id"] for r in again] == [r["id"] for r in rows] and len(fake.calls) == 6
+    assert {f.name: f.stat().st_mtime_ns for f in ext.iterdir()} == mtimes
+    # an interrupted (marker-less) part is fetched again
+    (tmp_path / "cache" / ".done" / "train.zip.003").unlink()
+    kg.download_kaggle(p.data, tmp_path / "raw3", p.seed, fetcher=fake)
+    assert fake.calls[-1] == "train.zip.003" and len(fake.calls) == 7
+
+
+def test_concat_reader_seeks_across_parts(tmp_path):
+    data = bytes(range(256)) * 10
+    parts = []
+    for i, k in enumerate(range(0, len(data), 700)):
+        p = tmp_path / f"x.{i:03d}"
+        p.write_bytes(data[k:k + 700])
+        parts.append(p)
+    r = kg.ConcatReader(parts)
+    r.seek(650)
+    assert r.read(100) == data[650:750]
+    r.seek(-5, io.SEEK_END)
+    assert r.read(10) == data[-5:]
+    r.close()
+
+
+def test_disk_space_check(tmp_path, monkeypatch):
+    p = _params(tmp_path, "train", 3, min_free_gb=80.0)
+    monkeypatch.setattr(kg.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100e9, 90e9, 10e9))
+    with pytest.raises(kg.KaggleError, match="only 10 GB free"):
+        kg.download_kaggle(p.data, tmp_path / "raw", 0, fetcher=lambda *a: pytest.fail("must not download"))
+
+
+def test_no_credentials_message(tmp_path, monkeypatch):
+    for k in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(kg.KaggleError, match=r"no Kaggle credentials.*kaggle\.json.*KAGGLE_USERNAME"):
+        kg.check_credentials()
+    p = _params(tmp_path, "sample", 3)
+    with pytest.raises(kg.KaggleError, match="no Kaggle credentials"):
+        run_download(p, tmp_path / "raw")
+    kg.check_credentials(env={"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, home=tmp_path)  # accepted
+
+
+def _raiser(err):
+    def f(*_):
+        raise err
+    return f
+
+
+def test_rules_not_accepted_403(tmp_path):
+    resp = requests.Response()
+    resp.status_code = 403
+    err = requests.HTTPError("403 Client Error: Forbidden for url", response=resp)
+    with pytest.raises(kg.KaggleError, match=r"HTTP 403.*accept the rules at https://www\.kaggle\.com/competitions/diabetic-retinopathy-detection/rules"):
+        kg.ensure_file(None, "diabetic-retinopathy-detection", "sample.zip", tmp_path, fetcher=_raiser(err))
+
+
+def test_offline_message(tmp_path):
+    err = requests.ConnectionError("HTTPSConnectionPool(host='www.kaggle.com'): Max retries exceeded "
+                                   "(Failed to establish a new connection: [Errno -3] Temporary failure in name resolution)")
+    with pytest.raises(kg.KaggleError, match=r"cannot reach kaggle\.com.*offline"):
+        kg.ensure_file(None, "diabetic-retinopathy-detection", "sample.zip", tmp_path, fetcher=_raiser(err))
+    assert not (tmp_path / ".done" / "sample.zip").exists()
+
+
+def test_fetch_is_one_thin_api_call(tmp_path):
+    calls = []
+
+    class Api:
+        def competition_download_file(self, competition, file_name, path=None, force=False, quiet=False, unzip=False):
+            calls.append((competition, file_name, path, force, unzip))
+            (Path(path) / file_name).write_bytes(b"PK")
+
+    out = kg.ensure_file(Api(), "diabetic-retinopathy-detection", "sample.zip", tmp_path)
+    assert out == tmp_path / "sample.zip" and (tmp_path / ".done" / "sample.zip").read_text() == "2"
+    assert calls == [("diabetic-retinopathy-detection", "sample.zip", str(tmp_path), False, True)]
+    kg.ensure_file(Api(), "diabetic-retinopathy-detection", "sample.zip", tmp_path)  # complete: skipped
+    assert len(calls) == 1
