@@ -129,3 +129,23 @@ def test_snakemake_data_target_matches_dvc(dvc_run):
     # Snakemake's onsuccess recorded its outputs in dvc.lock: DVC does not redo them
     status = run([str(BIN / "dvc"), "status", "download", "preprocess", "patches"], other)
     assert "changed" not in status.stdout, status.stdout
+
+
+def test_full_study_selected_with_one_dvc_command(tmp_path):
+    """`dvc exp run -S study=full` composes conf/ into params.yaml; offline it stops with Kaggle's message."""
+    repo = tmp_path / "full"
+    shutil.copytree(ROOT, repo, ignore=IGNORE)
+    shutil.rmtree(repo / ".dvc" / "tmp", ignore_errors=True)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "copy"], repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(PATH=f"{BIN}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1", KAGGLE_CONFIG_DIR=str(tmp_path / "nokaggle"))
+    res = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "study=full", "download"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    assert "no Kaggle credentials" in res.stdout + res.stderr
+    composed = yaml.safe_load((repo / "params.yaml").read_text())
+    assert composed["study"] == "full" and composed["data"]["source"] == "kaggle"
+    assert composed["model"]["features"] == 64
