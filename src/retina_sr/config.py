@@ -251,6 +251,12 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     charbonnier_eps: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["cosine", "step"] = Field(
+        "cosine",
+        description="per-phase learning-rate schedule: 'cosine' anneals lr to lr/100 over the phase's steps "
+        "(Loshchilov & Hutter 2017); 'step' halves it after every quarter of the steps (LapSRN-style)",
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (generator and discriminator); null = off")
     max_val_patches: int = Field(64, ge=1, description="validation patches used per zoom")
     l1: PhaseConfig = PhaseConfig(steps=300, lr=2e-4)
     perceptual: PerceptualPhase = PerceptualPhase(steps=150, lr=1e-4)

@@ -4,7 +4,7 @@
   ``params.mlflow.tracking_uri`` (default ``sqlite:///mlflow.db``; a relative SQLite path is taken
   relative to the repository root). A new SQLite store must be created *once* before parallel jobs
   start - several processes running MLflow's schema migration on one fresh database at once crash -
-  so :func:`init_store` creates it under an exclusive ``fcntl`` lock (``<db>.lock``). The Makefile
+  so :func:`init_store` creates it under an exclusive ``fcntl`` lock (``<db>-lock``). The Makefile
   runs ``retina-sr tracking init`` before ``dvc repro``/``snakemake``; :func:`start_run` calls
   :func:`init_store` too, so a single stage run works on its own.
 * **Parallel writers.** SQLite allows one writer at a time; concurrent stages (Snakemake ``--cores 8``)
@@ -112,11 +112,11 @@ def _lock_for(uri: str) -> contextlib.AbstractContextManager[None]:
     db = sqlite_path(uri)
     if db is None:
         return contextlib.nullcontext()
-    return _file_lock(db.with_name(db.name + ".lock"))
+    return _file_lock(db.with_name(db.name + "-lock"))  # matches .gitignore's mlflow.db-*
 
 
 # ---------------------------------------------------------------------------------------- retries
-_TRANSIENT = ("database is locked", "database table is locked", "busy", "unable to open database file")
+_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
 
 
 def _is_transient(err: BaseException) -> bool:
@@ -145,7 +145,7 @@ def init_store(uri: str) -> str:
     """Create the tracking store behind ``uri`` once (schema migration under a file lock).
 
     Safe to call from many processes at once: the first creates/migrates the SQLite database while
-    the others wait on ``<db>.lock``; later calls only open it. Returns ``uri``.
+    the others wait on ``<db>-lock``; later calls only open it. Returns ``uri``.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient

@@ -34,8 +34,10 @@ def _train(args: argparse.Namespace) -> int:
 
     params = _params(args)
     threads = set_threads(args.threads)
-    result = train_phase(params, args.phase, args.variant, threads=threads)
-    print(f"{result.out_dir}: best step {result.best_step}, val PSNR {result.val_psnr}")
+    result = train_phase(params, args.phase, args.variant)
+    print(f"{result.out_dir}: best step {result.best_step}, val PSNR "
+          + ", ".join(f"{k} {v:.2f} dB" for k, v in result.val_psnr.items())
+          + f", {result.steps_per_s:.2f} steps/s ({threads} threads)")
     return 0
 
 
@@ -44,9 +46,10 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import bench_train, format_results
 
     set_threads(args.threads)
+    params = _params(args) if args.params or _exists("params.yaml") else None
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     results = bench_train(sizes=sizes, steps=args.steps, device=args.device, batch_size=args.batch,
-                          crop=args.crop, perceptual=not args.no_perceptual, warmup=args.warmup)
+                          crop=args.crop, perceptual=not args.no_perceptual, warmup=args.warmup, params=params)
     print(format_results(results))
     return 0
 
@@ -67,11 +70,13 @@ def register(sub) -> None:
 
     b = sub.add_parser("bench-train", help="training steps/s for the demo and full-study model sizes")
     b.add_argument("--sizes", default="demo,full", help="comma list of demo (F16 D3) and full (F64 D10)")
-    b.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    b.add_argument("--steps", type=int, default=4, help="timed steps per configuration (rounded up to whole zoom cycles)")
+    b.add_argument("--warmup", type=int, default=4, help="untimed steps first (rounded up to whole zoom cycles)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     b.add_argument("--batch", type=int, default=None, help="batch size (default: the study's train.batch_size)")
     b.add_argument("--crop", type=int, default=None, help="HR crop side (default: the study's data.patches.crop)")
     b.add_argument("--no-perceptual", action="store_true", help="skip the pixel+perceptual measurement")
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--params", action="append", default=None,
+                   help="parameter file(s) for scales/batch/crop/EMA (default: params.yaml when present)")
     b.set_defaults(func=_bench)

@@ -1,0 +1,109 @@
+"""Training throughput benchmark: steps/s of the real training step for the study's model sizes.
+
+``retina-sr bench-train`` times :meth:`retina_sr.training.trainer._Run.train_step` (forward, loss,
+backward, clipping, Adam, EMA) on synthetic uint8 patches, cycling the zooms of ``data.scales`` like
+training does, for the demo (F16 D3) and full-study (F64 D10) LapSRN sizes, with the pyramid
+Charbonnier loss alone (phase ``l1``) and with the perceptual + saliency terms (phase
+``perceptual``, random VGG16 so nothing is downloaded). On CUDA bf16 autocast and channels_last
+follow ``train.amp`` / ``train.channels_last``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Params, params_from_dict
+
+__all__ = ["SIZES", "parse_size", "bench_train", "format_results"]
+
+SIZES = {"demo": (16, 3), "full": (64, 10)}
+
+
+def parse_size(name: str) -> tuple[int, int]:
+    """``demo`` -> (16, 3), ``full`` -> (64, 10), ``F32D5`` -> (32, 5)."""
+    if name in SIZES:
+        return SIZES[name]
+    m = re.fullmatch(r"[fF](\d+)[dD](\d+)", name)
+    if not m:
+        raise ValueError(f"unknown model size {name!r}: use demo, full or F<features>D<depth> (e.g. F32D5)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _synthetic(n: int, crop: int, scales: list[int], seed: int = 0):
+    from .data import PatchSet
+
+    rng = np.random.default_rng(seed)
+    hr = rng.integers(0, 256, (n, crop, crop, 3), dtype=np.uint8)
+    lr = {s: np.ascontiguousarray(hr[:, ::s, ::s]) for s in scales}
+    return PatchSet(hr=hr, lr=lr, path=None, fov=np.ones((n, crop, crop), bool))  # type: ignore[arg-type]
+
+
+def bench_train(sizes: list[str] = ("demo", "full"), steps: int = 5, device: str = "auto", batch_size: int | None = None,
+                crop: int | None = None, perceptual: bool = True, warmup: int = 2,
+                params: Params | None = None) -> list[dict[str, Any]]:
+    """Measure steps/s for every size (and loss set); returns one dict per measurement.
+
+    ``steps`` and ``warmup`` are rounded up to whole cycles through ``data.scales`` (the per-step
+    cost depends on the zoom), so the rate is the training average.
+    """
+    from ..runtime import device_name, pick_device
+    from .trainer import _Run, plan_phase
+
+    if steps < 1:
+        raise ValueError("--steps must be >= 1")
+    base = params if params is not None else Params()
+    raw = base.model_dump(mode="json")
+    raw["train"]["device"] = device
+    if batch_size is not None:
+        raw["train"]["batch_size"] = batch_size
+    if crop is not None:
+        raw["data"]["patches"]["crop"] = crop
+        raw["data"]["size"] = max(raw["data"]["size"], crop)
+    raw["train"]["perceptual"]["vgg_weights"] = "random"
+    dev = pick_device(device)
+    results = []
+    phases = ["l1", "perceptual"] if perceptual else ["l1"]
+    for size in sizes:
+        f, d = parse_size(size)
+        raw["model"]["features"], raw["model"]["depth"] = f, d
+        p = params_from_dict(raw, "bench-train settings")
+        data = _synthetic(max(2 * p.train.batch_size, 4), p.data.patches.crop, p.data.scales)
+        for phase in phases:
+            plan = dataclasses.replace(plan_phase(p, phase), init_from=None)
+            run = _Run(p, plan, dev, data)
+            cycle = len(p.data.scales)  # time whole zoom cycles: zoom 1 costs more than zoom 8
+            n_warm, n_steps = -(-warmup // cycle) * cycle, -(-steps // cycle) * cycle
+            for _ in range(n_warm):
+                run.train_step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            for _ in range(n_steps):
+                run.train_step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            dt = time.perf_counter() - t0
+            results.append({
+                "size": size, "features": f, "depth": d,
+                "loss": "pixel" if phase == "l1" else "pixel+perceptual+saliency",
+                "batch": p.train.batch_size, "crop": p.data.patches.crop, "scales": list(p.data.scales),
+                "device": device_name(dev), "amp_bf16": run.amp, "steps": n_steps,
+                "steps_per_s": n_steps / dt, "patches_per_s": n_steps * p.train.batch_size / dt,
+            })
+    return results
+
+
+def format_results(results: list[dict[str, Any]]) -> str:
+    lines = ["size   F   D  loss                       batch crop  bf16  steps/s  patches/s  device"]
+    for r in results:
+        lines.append(f"{r['size']:<6} {r['features']:>2} {r['depth']:>3}  {r['loss']:<26} {r['batch']:>5} {r['crop']:>4}  "
+                     f"{str(r['amp_bf16']):<5} {r['steps_per_s']:>7.3f}  {r['patches_per_s']:>9.2f}  {r['device']}")
+    if results:
+        lines.append(f"(zooms cycled per step: {results[0]['scales']}; {results[0]['steps']} timed steps after warm-up)")
+    return "\n".join(lines)

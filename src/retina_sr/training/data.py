@@ -1,0 +1,131 @@
+"""Training/validation patches (``data/patches/{train,val}.npz``) and a resumable batch sampler.
+
+File layout (docs/architecture.md): ``hr`` uint8 (N, crop, crop, 3) and ``lr_x{s}`` uint8
+(N, crop/s, crop/s, 3) for every zoom ``s`` in ``data.scales`` (plus ``fov``, ``ids``, not needed
+here). Arrays stay uint8 in memory; batches are converted to float NCHW in [0, 1] on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PatchSet", "PatchDataError", "load_patches", "BatchSampler", "to_tensor"]
+
+
+class PatchDataError(ValueError):
+    """A patches file is missing or does not have the layout of docs/architecture.md."""
+
+
+@dataclass
+class PatchSet:
+    """HR patches and their degraded LR inputs per zoom (uint8 NHWC arrays)."""
+
+    hr: np.ndarray
+    lr: dict[int, np.ndarray]
+    path: Path
+    fov: np.ndarray | None = None  # bool (N, crop, crop) field-of-view masks, when the file has them
+
+    def __len__(self) -> int:
+        return int(self.hr.shape[0])
+
+    @property
+    def crop(self) -> int:
+        return int(self.hr.shape[1])
+
+
+def load_patches(path: str | Path, scales: list[int], limit: int | None = None) -> PatchSet:
+    """Read ``path`` and check keys, dtypes and shapes against ``scales``; errors name the file and key.
+
+    ``limit`` keeps only the first ``limit`` patches (validation uses ``train.max_val_patches``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PatchDataError(f"patches file {path} not found: run the 'patches' stage first (dvc repro patches)")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - any reader failure means a bad file
+        raise PatchDataError(f"{path} is not a readable .npz file ({type(err).__name__}: {err}): rerun the 'patches' stage") from None
+    with npz:
+        keys = set(npz.files)
+        needed = ["hr"] + [f"lr_x{s}" for s in scales]
+        missing = [k for k in needed if k not in keys]
+        if missing:
+            raise PatchDataError(
+                f"{path}: missing arrays {missing} (has {sorted(keys)}); data.scales is {scales}: "
+                "rerun the 'patches' stage with the same data.scales"
+            )
+        sl = slice(None, limit)
+        hr = np.ascontiguousarray(npz["hr"][sl])
+        lr = {s: np.ascontiguousarray(npz[f"lr_x{s}"][sl]) for s in scales}
+        fov = np.ascontiguousarray(npz["fov"][sl]).astype(bool) if "fov" in keys else None
+    if hr.dtype != np.uint8 or hr.ndim != 4 or hr.shape[3] != 3 or hr.shape[1] != hr.shape[2]:
+        raise PatchDataError(f"{path}: 'hr' must be uint8 (N, crop, crop, 3), got {hr.dtype} {hr.shape}")
+    if hr.shape[0] == 0:
+        raise PatchDataError(f"{path}: holds no patches: check data.n_images / split and rerun 'patches'")
+    crop = hr.shape[1]
+    for s, a in lr.items():
+        want = (hr.shape[0], crop // s, crop // s, 3)
+        if a.dtype != np.uint8 or a.shape != want or crop % s:
+            raise PatchDataError(f"{path}: 'lr_x{s}' must be uint8 {want}, got {a.dtype} {a.shape}")
+    if fov is not None and fov.shape != hr.shape[:3]:
+        raise PatchDataError(f"{path}: 'fov' must be bool {hr.shape[:3]}, got {fov.dtype} {fov.shape}")
+    return PatchSet(hr=hr, lr=lr, path=path, fov=fov)
+
+
+def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1] on ``device``."""
+    t = torch.from_numpy(batch)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    t = t.permute(0, 3, 1, 2).float().div_(255.0)
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+class BatchSampler:
+    """Shuffled epochs without replacement, reproducible from ``(seed, epoch)`` and resumable.
+
+    Epoch ``e`` visits ``default_rng([seed, e]).permutation(n)``; a batch that crosses an epoch
+    boundary continues in the next epoch. The position (epoch, offset) is the whole state, so a
+    resumed run draws exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"BatchSampler needs n >= 1 and batch_size >= 1 (got {n}, {batch_size})")
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.epoch, self.offset = 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        """Indices of the next batch, in draw order."""
+        out: list[np.ndarray] = []
+        need = self.batch_size
+        while need:
+            take = min(need, self.n - self.offset)
+            out.append(self._perm[self.offset : self.offset + take])
+            self.offset += take
+            need -= take
+            if self.offset == self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._perm = self._permutation(self.epoch)
+        return np.concatenate(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "batch_size": self.batch_size, "seed": self.seed, "epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["n"], state["batch_size"], state["seed"]) != (self.n, self.batch_size, self.seed):
+            raise ValueError(
+                f"sampler state is for n={state['n']}, batch={state['batch_size']}, seed={state['seed']}, "
+                f"not n={self.n}, batch={self.batch_size}, seed={self.seed}"
+            )
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._perm = self._permutation(self.epoch)

@@ -1,0 +1,115 @@
+"""Training data: patches files (layout of docs/architecture.md), the resumable sampler; helpers
+``make_patches`` / ``tiny_params`` used by the other training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from retina_sr.config import Params, load_params
+from retina_sr.training.data import BatchSampler, PatchDataError, load_patches, to_tensor
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data": {"scales": [1, 2, 4], "size": 64, "patches": {"crop": 32}},
+    "model": {"features": 4, "depth": 1},
+    "train": {
+        "batch_size": 4, "val_every": 4, "log_every": 2, "checkpoint_every": 4, "max_val_patches": 4,
+        "ema_decay": 0.9,
+        "l1": {"steps": 8},
+        "perceptual": {"steps": 4, "vgg_layers": ["relu2_2"]},
+        "adversarial": {"steps": 4, "warmup_steps": 2, "discriminator": {"features": 8, "n_layers": 2}},
+        "modified": {"steps": 4},
+    },
+}
+
+
+def _deep(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def tiny_params(root: Path, **overrides) -> tuple[Params, Path]:
+    """params.yaml of the repo with tiny overrides written to ``root/tiny.yaml``; returns (params, file)."""
+    body = _deep(TINY, overrides)
+    f = root / "tiny.yaml"
+    f.write_text(yaml.safe_dump(body))
+    return load_params(REPO / "params.yaml", f), f
+
+
+def make_patches(root: Path, n_train: int = 12, n_val: int = 4, crop: int = 32, scales=(1, 2, 4), seed: int = 0,
+                 drop: str | None = None) -> None:
+    """Smooth random colour patterns and their area-downscaled versions, in data/patches/{train,val}.npz."""
+    rng = np.random.default_rng(seed)
+    out = root / "data" / "patches"
+    out.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:crop, :crop] / crop
+    for name, n in (("train", n_train), ("val", n_val)):
+        hr = []
+        for _ in range(n):
+            f, ph = rng.uniform(1, 4, 3), rng.uniform(0, 6, 3)
+            img = np.stack([0.5 + 0.4 * np.sin(f[c] * (xx + 0.5 * yy) * np.pi + ph[c]) for c in range(3)], -1)
+            hr.append(np.clip(img * 255 + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8))
+        hr = np.stack(hr)
+        arrays = {"hr": hr, "fov": np.ones(hr.shape[:3], bool), "ids": np.array([f"im{i}" for i in range(n)])}
+        for s in scales:
+            arrays[f"lr_x{s}"] = hr.reshape(n, crop // s, s, crop // s, s, 3).mean((2, 4)).round().astype(np.uint8)
+        if drop:
+            arrays.pop(drop)
+        np.savez(out / f"{name}.npz", **arrays)
+
+
+def test_load_patches_reads_the_documented_layout(tmp_path):
+    make_patches(tmp_path)
+    ps = load_patches(tmp_path / "data/patches/train.npz", [1, 2, 4])
+    assert len(ps) == 12 and ps.crop == 32 and ps.lr[4].shape == (12, 8, 8, 3) and ps.fov.dtype == bool
+    assert len(load_patches(tmp_path / "data/patches/val.npz", [1, 2], limit=3)) == 3
+
+
+def test_load_patches_errors_name_file_and_key(tmp_path):
+    with pytest.raises(PatchDataError, match="not found.*patches"):
+        load_patches(tmp_path / "nope.npz", [1])
+    make_patches(tmp_path, drop="lr_x2")
+    with pytest.raises(PatchDataError, match=r"train.npz: missing arrays \['lr_x2'\]"):
+        load_patches(tmp_path / "data/patches/train.npz", [1, 2, 4])
+    make_patches(tmp_path)
+    with pytest.raises(PatchDataError, match="lr_x8"):
+        load_patches(tmp_path / "data/patches/train.npz", [1, 8])
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, hr=np.zeros((2, 8, 8, 3), np.float32), lr_x1=np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(PatchDataError, match="'hr' must be uint8"):
+        load_patches(bad, [1])
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(PatchDataError, match="not a readable .npz"):
+        load_patches(tmp_path / "junk.npz", [1])
+
+
+def test_sampler_epochs_are_permutations_and_resume_exactly():
+    s = BatchSampler(10, 4, seed=3)
+    draws = np.concatenate([s.next() for _ in range(5)])  # 20 = two epochs
+    assert sorted(draws[:10]) == list(range(10)) and sorted(draws[10:]) == list(range(10))
+    assert not np.array_equal(draws[:10], draws[10:])
+    a = BatchSampler(10, 4, seed=3)
+    for _ in range(3):
+        a.next()
+    state = a.state_dict()
+    b = BatchSampler(10, 4, seed=3)
+    b.load_state_dict(state)
+    assert all(np.array_equal(a.next(), b.next()) for _ in range(7))
+    with pytest.raises(ValueError, match="sampler state"):
+        BatchSampler(11, 4, seed=3).load_state_dict(state)
+
+
+def test_to_tensor_is_nchw_float_in_unit_range():
+    x = np.full((2, 4, 4, 3), 255, np.uint8)
+    x[0, 0, 0] = (0, 51, 255)
+    t = to_tensor(x, torch.device("cpu"))
+    assert t.shape == (2, 3, 4, 4) and t.dtype == torch.float32
+    assert t[0, :, 0, 0].tolist() == pytest.approx([0.0, 0.2, 1.0])

@@ -1,0 +1,220 @@
+"""Trainer pieces: EMA math, schedules, PSNR, checkpoints (round trip, architecture mismatch),
+phase initialisation, loss sets, resume-state handling; one tiny phase end to end without MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from retina_sr.config import ModelConfig
+from retina_sr.models import build_model
+from retina_sr.models.checkpoint import CheckpointError, load_model, load_state_strict, save_model
+from retina_sr.training import ModelEMA, PhaseLosses, build_scheduler, init_weights, loss_spec, plan_phase, psnr, train_phase
+from retina_sr.training.state import capture_rng, restore_rng
+from test_training_data import make_patches, tiny_params
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+
+def test_ema_update_math_and_state_round_trip():
+    m = _Tiny()
+    with torch.no_grad():
+        m.lin.weight.fill_(1.0)
+        m.lin.bias.fill_(0.0)
+    ema = ModelEMA(m, decay=0.5, warmup=False)
+    with torch.no_grad():
+        m.lin.weight.fill_(3.0)
+        m.lin.bias.fill_(4.0)
+        m.count.fill_(7)
+    ema.update(m)
+    assert torch.allclose(ema.module.lin.weight, torch.full((1, 2), 2.0))  # 0.5 * 1 + 0.5 * 3
+    assert torch.allclose(ema.module.lin.bias, torch.tensor([2.0]))
+    assert int(ema.module.count) == 7  # integer buffers are copied
+    ema.update(m)
+    assert torch.allclose(ema.module.lin.weight, torch.full((1, 2), 2.5))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    other = ModelEMA(_Tiny(), decay=0.1)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 2 and other.decay == 0.5 and torch.equal(other.module.lin.weight, ema.module.lin.weight)
+
+
+def test_ema_warmup_decay_follows_num_updates_formula():
+    ema = ModelEMA(_Tiny(), decay=0.999)
+    seen = []
+    for _ in range(3):
+        ema.update(_Tiny())
+        seen.append(ema.current_decay())
+    assert seen == pytest.approx([2 / 11, 3 / 12, 4 / 13])
+    ema.updates = 10_000
+    assert ema.current_decay() == 0.999
+    with pytest.raises(ValueError, match="ema_decay"):
+        ModelEMA(_Tiny(), decay=1.0)
+
+
+def test_schedules():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1.0)
+    sch = build_scheduler(opt, "cosine", 10)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sch.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(0.01) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    opt = torch.optim.Adam([p], lr=1.0)
+    sch = build_scheduler(opt, "step", 8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        build_scheduler(opt, "linear", 8)
+
+
+def test_psnr_known_value():
+    a = torch.zeros(2, 3, 4, 4)
+    b = torch.full((2, 3, 4, 4), 0.1)  # MSE 0.01 -> 20 dB
+    assert psnr(a, b).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+
+
+def test_rng_capture_restore():
+    import random
+
+    import numpy as np
+
+    state = capture_rng()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_checkpoint_round_trip_and_mismatch_error(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(features=4, depth=1)
+    model = build_model(cfg, levels=2)
+    meta = {"model": cfg.model_dump(mode="json"), "levels": 2, "scales": [1, 2, 4], "phase": "l1", "variant": None,
+            "step": 3, "study": "demo", "data_hash": "x", "ema": True, "val_psnr": 20.0}
+    save_model(tmp_path / "m.pt", model, meta)
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert raw["meta"]["phase"] == "l1" and set(raw["state_dict"]) == set(model.state_dict())
+    loaded, meta2 = load_model(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, n_up=2)[-1], loaded(x, n_up=2)[-1])
+    assert meta2["val_psnr"] == 20.0
+    other = build_model(ModelConfig(features=6, depth=1), levels=2)
+    with pytest.raises(CheckpointError, match="architecture mismatch.*shape mismatches"):
+        load_state_strict(other, raw["state_dict"], "m.pt")
+    with pytest.raises(CheckpointError, match="architecture mismatch.*missing"):
+        load_state_strict(build_model(cfg, levels=3), raw["state_dict"], "m.pt")
+
+
+def test_init_weights_strict_and_partial(tmp_path):
+    cfg = ModelConfig(features=4, depth=1)
+    src = build_model(cfg, levels=2)
+    meta = {"model": cfg.model_dump(mode="json"), "levels": 2, "scales": [1, 2, 4], "phase": "adversarial"}
+    save_model(tmp_path / "model.pt", src, meta)
+    same = build_model(cfg, levels=2)
+    info = init_weights(same, tmp_path / "model.pt", partial=False, levels=2)
+    assert info["loaded"] == len(src.state_dict()) and info["skipped"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), src.state_dict().values()))
+    variant = build_model(cfg.model_copy(update={"upsample": "subpixel"}), levels=2)
+    before = {k: v.clone() for k, v in variant.state_dict().items()}
+    info = init_weights(variant, tmp_path / "model.pt", partial=True, levels=2)
+    assert info["loaded"] > 0 and info["skipped"] > 0 and info["loaded"] + info["skipped"] == len(before)
+    for k, v in variant.state_dict().items():
+        if k in src.state_dict() and src.state_dict()[k].shape == v.shape:
+            assert torch.equal(v, src.state_dict()[k])
+        else:
+            assert torch.equal(v, before[k])
+    with pytest.raises(CheckpointError, match="architecture mismatch"):
+        init_weights(build_model(ModelConfig(features=5, depth=1), levels=2), tmp_path / "model.pt", False, 2)
+    with pytest.raises(CheckpointError, match="pyramid levels"):
+        init_weights(build_model(cfg, levels=3), tmp_path / "model.pt", False, 3)
+    with pytest.raises(FileNotFoundError, match="run its stage first"):
+        init_weights(same, tmp_path / "absent" / "model.pt", False, 2)
+
+
+def test_phase_plans_and_loss_sets(tmp_path):
+    params, _ = tiny_params(tmp_path)
+    assert plan_phase(params, "l1").init_from is None
+    assert str(plan_phase(params, "adversarial").init_from) == "models/perceptual/model.pt"
+    mod = plan_phase(params, "modified", "shared")
+    assert mod.model_cfg.share_weights and mod.model_cfg.recursions == 2 and mod.partial_init
+    assert str(mod.out_dir) == "models/modified/shared" and mod.stage == "train_modified@shared"
+    with pytest.raises(ValueError, match="needs --variant"):
+        plan_phase(params, "modified")
+    with pytest.raises(ValueError, match="not in train.modified.variants"):
+        plan_phase(params, "modified", "nope")
+    with pytest.raises(ValueError, match="unknown phase"):
+        plan_phase(params, "l2")
+    assert loss_spec(params, "l1").perceptual is None and loss_spec(params, "l1").adversarial is None
+    assert loss_spec(params, "perceptual").perceptual is not None and loss_spec(params, "perceptual").adversarial is None
+    spec = loss_spec(params, "modified")
+    assert spec.adversarial is params.train.adversarial and spec.perceptual is params.train.perceptual
+    assert spec.pixel_weight == params.train.modified.pixel_weight
+
+
+def test_adversarial_loss_set_respects_warmup(tmp_path):
+    from retina_sr.models import Discriminator
+
+    params, _ = tiny_params(tmp_path)
+    losses = PhaseLosses(loss_spec(params, "adversarial"))
+    assert losses.vgg_description.startswith("random")
+    disc = Discriminator(params.train.adversarial.discriminator)
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 32, 32)
+    outs = [torch.rand(2, 3, 16, 16, requires_grad=True), torch.rand(2, 3, 32, 32, requires_grad=True)]
+    total0, t0 = losses.generator(outs, hr, None, disc, step=0)
+    assert set(t0) == {"pixel", "perceptual", "saliency", "adv_g", "loss"} and float(t0["adv_g"]) == 0.0
+    total1, t1 = losses.generator(outs, hr, None, disc, step=params.train.adversarial.warmup_steps)
+    assert float(t1["adv_g"]) > 0
+    w = params.train.adversarial.adversarial_weight
+    assert float((total1 - total0).detach()) == pytest.approx(w * float(t1["adv_g"]), rel=1e-4)
+    d_loss, dt = losses.discriminator(outs[-1], hr, disc)
+    assert d_loss.requires_grad and 0.0 <= float(dt["d_acc"]) <= 1.0
+    l1 = PhaseLosses(loss_spec(params, "l1"))
+    _, t = l1.generator(outs, hr)
+    assert set(t) == {"pixel", "loss"} and l1.vgg_description == "none"
+
+
+def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_patches(tmp_path)
+    params, _ = tiny_params(tmp_path)
+    r = train_phase(params, "l1", track=False, progress=False)
+    out = tmp_path / "models" / "l1"
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "last.pt", "metrics.json", "plots.csv"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["best_step"] in (4, 8) and metrics["steps_per_s"] > 0
+    assert set(metrics["val_psnr"]) == {"x1", "x2", "x4", "mean"} and set(metrics["final_val_psnr"]) == set(metrics["val_psnr"])
+    rows = (out / "plots.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,pixel") and "val_psnr_x4" in rows[0] and len(rows) == 1 + 4
+    model, meta = load_model(out / "model.pt")
+    assert meta["phase"] == "l1" and meta["ema"] is True and meta["levels"] == 2 and meta["step"] == r.best_step
+    assert meta["data_hash"] and math.isclose(meta["val_psnr"], r.val_psnr["mean"])
+    assert meta["model"]["features"] == 4 and meta["scales"] == [1, 2, 4]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    # unchanged configuration, finished phase: last.pt is reused, nothing is retrained
+    r2 = train_phase(params, "l1", track=False, progress=False)
+    assert r2.resumed_from == 8 and r2.best_step == r.best_step
+    assert all(torch.equal(weights[k], v) for k, v in load_model(out / "model.pt")[0].state_dict().items())
+    # another configuration: the stale last.pt is ignored and training starts over
+    params2, _ = tiny_params(tmp_path, train={"l1": {"steps": 8, "lr": 1e-3}})
+    r3 = train_phase(params2, "l1", track=False, progress=False)
+    assert r3.resumed_from is None and "starting over" in capsys.readouterr().out
+    # the next phase refuses a checkpoint of another architecture, with a clear message
+    params3, _ = tiny_params(tmp_path, model={"features": 5, "depth": 1})
+    with pytest.raises(CheckpointError, match="architecture mismatch"):
+        train_phase(params3, "perceptual", track=False, progress=False)
