@@ -42,7 +42,8 @@ def pick(*keys):
 TRAIN_COMMON = [
     "seed", "study", "data.scales", "model", "train.device", "train.batch_size", "train.amp",
     "train.channels_last", "train.ema_decay", "train.val_every", "train.log_every",
-    "train.checkpoint_every", "train.charbonnier_eps", "train.max_val_patches",
+    "train.checkpoint_every", "train.charbonnier_eps", "train.lr_schedule", "train.grad_clip",
+    "train.max_val_patches",
 ]
 TRAIN_CODE = code("src/retina_sr/models", "src/retina_sr/losses", "src/retina_sr/training")
 
