@@ -45,7 +45,7 @@ def test_full_tiny_chain_writes_every_output_and_mlflow_runs(tmp_path, monkeypat
     dirs = {"l1": "models/l1", "perceptual": "models/perceptual", "adversarial": "models/adversarial",
             "shared": "models/modified/shared", "subpixel": "models/modified/subpixel"}
     for name, d in dirs.items():
-        for f in ("model.pt", "last.pt", "metrics.json", "plots.csv"):
+        for f in ("model.pt", "metrics.json", "plots.csv"):
             assert (tmp_path / d / f).is_file(), f"{d}/{f}"
         model, meta = load_model(tmp_path / d / "model.pt")
         assert meta["phase"] == ("modified" if name in ("shared", "subpixel") else name)

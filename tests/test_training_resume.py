@@ -94,7 +94,7 @@ def test_sigkill_then_restart_ends_with_the_same_weights(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
     assert p.returncode == -signal.SIGKILL
-    last = torch.load(b / "models/adversarial/last.pt", weights_only=True)
+    last = torch.load(b / "models/.resume/adversarial/last.pt", weights_only=True)
     assert last["step"] == 8 and not (b / "models/adversarial/metrics.json").exists()
 
     again = _start(b, pb, 0, env_b)
@@ -108,8 +108,8 @@ def test_sigkill_then_restart_ends_with_the_same_weights(tmp_path):
     assert ma["meta"]["step"] == mb["meta"]["step"]
     for k, v in ma["state_dict"].items():
         assert torch.equal(v, mb["state_dict"][k]), k
-    la = torch.load(a / "models/adversarial/last.pt", weights_only=True)
-    lb = torch.load(b / "models/adversarial/last.pt", weights_only=True)
+    la = torch.load(a / "models/.resume/adversarial/last.pt", weights_only=True)
+    lb = torch.load(b / "models/.resume/adversarial/last.pt", weights_only=True)
     assert la["step"] == lb["step"] == 20
     for part in ("model", "disc"):
         for k, v in la[part].items():

@@ -195,7 +195,8 @@ def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, m
     params, _ = tiny_params(tmp_path)
     r = train_phase(params, "l1", track=False, progress=False)
     out = tmp_path / "models" / "l1"
-    assert {p.name for p in out.iterdir()} >= {"model.pt", "last.pt", "metrics.json", "plots.csv"}
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "metrics.json", "plots.csv"}
+    assert (tmp_path / "models" / ".resume" / "l1" / "last.pt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["best_step"] in (4, 8) and metrics["steps_per_s"] > 0
     assert set(metrics["val_psnr"]) == {"x1", "x2", "x4", "mean"} and set(metrics["final_val_psnr"]) == set(metrics["val_psnr"])

@@ -30,6 +30,15 @@ def phase_dir(phase: str, variant: str | None = None) -> Path:
     return MODELS / phase
 
 
+def resume_file(phase: str, variant: str | None = None) -> Path:
+    """Training-resume state of a stage: ``models/.resume/<phase>[/<variant>]/last.pt``.
+
+    Kept outside the stage's output folder so DVC (whose ``evaluate`` stage depends on the folder
+    ``models/modified``) only ever hashes the stage products, never this scratch state.
+    """
+    return MODELS / ".resume" / phase_dir(phase, variant).relative_to(MODELS) / "last.pt"
+
+
 def patches_file(split: str, scale: int | None = None) -> Path:
     """``data/patches/train.npz`` / ``val.npz``; test pairs per zoom: ``data/patches/test_x{s}.npz``."""
     if split == "test":

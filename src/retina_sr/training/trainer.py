@@ -424,8 +424,8 @@ def train_phase(
 ) -> TrainResult:
     """Train one phase (and variant) and write ``models/<phase>/`` under ``root``.
 
-    Writes ``model.pt`` (best mean val PSNR; EMA weights when EMA is on), ``last.pt`` (resume
-    state), ``metrics.json`` and ``plots.csv``; with ``track`` one MLflow run (see
+    Writes ``model.pt`` (best mean val PSNR; EMA weights when EMA is on), ``metrics.json`` and
+    ``plots.csv``, and the resume state ``models/.resume/<stage>/last.pt`` (:func:`paths.resume_file`); with ``track`` one MLflow run (see
     :mod:`retina_sr.tracking`). A matching ``last.pt`` is resumed. ``on_step(step)`` is called after
     every completed step (progress hooks, tests).
     """
@@ -445,7 +445,8 @@ def train_phase(
     fp = _fingerprint(params, plan, data_hash, run.init)
     out = plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    last_path, model_path = out / "last.pt", out / "model.pt"
+    last_path, model_path = root / paths.resume_file(plan.phase, plan.variant), out / "model.pt"
+    last_path.parent.mkdir(parents=True, exist_ok=True)
 
     resumed_from: int | None = None
     state = load_state(last_path)
