@@ -39,3 +39,5 @@ ui: venv
 
 bench: venv
 	$(BIN)/retina-sr bench-preprocess
+	$(BIN)/retina-sr bench-train --sizes demo,full
+	$(BIN)/retina-sr bench --arch F16D3 --arch F64D10 --sizes 1920x1080 --zooms 4 --repeats 3 --json bench-zoom.json
