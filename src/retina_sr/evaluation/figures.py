@@ -19,6 +19,16 @@ from .report import model_order
 __all__ = ["vessel_window", "vessel_overlay", "panel_figure", "panel_path", "quality_speed_figure", "by_zoom_figure", "write_figures"]
 
 
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
 def _plt():
     import matplotlib
 
@@ -99,12 +109,7 @@ def panel_figure(panel: dict, zoom: int, image_id: str, models: list[str], path:
     axes[1, 0].set_ylabel("vessel-rich inset")
     axes[2, 0].set_ylabel("vessels (white both, red extra,\ncyan missed vs HR)", fontsize=8)
     fig.suptitle(f"{image_id} - zoom x{zoom}", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def quality_speed_figure(agg: pd.DataFrame, path: str | Path) -> Path:
@@ -132,12 +137,7 @@ def quality_speed_figure(agg: pd.DataFrame, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     if names:
         ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def by_zoom_figure(agg: pd.DataFrame, path: str | Path,
@@ -157,12 +157,7 @@ def by_zoom_figure(agg: pd.DataFrame, path: str | Path,
         ax.set_title(met)
         ax.grid(True, alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def panel_path(fig_dir: str | Path, image_id: str, zoom: int) -> Path:

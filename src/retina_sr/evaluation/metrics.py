@@ -137,14 +137,20 @@ def _binary(m: np.ndarray, name: str) -> np.ndarray:
     return m.astype(bool)
 
 
-def dice(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Dice coefficient ``2|P∩T| / (|P| + |T|)`` inside ``mask``; two empty masks agree perfectly (1.0)."""
+
+def _masked_pair(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Binarise ``pred`` and ``target`` (same shape) and restrict both to ``mask``."""
     p, t = _binary(pred, "pred"), _binary(target, "target")
     if p.shape != t.shape:
         raise ValueError(f"pred shape {p.shape} differs from target shape {t.shape}")
     if mask is not None:
         m = _mask_for(p.shape, mask)
         p, t = p & m, t & m
+    return p, t
+
+def dice(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Dice coefficient ``2|P∩T| / (|P| + |T|)`` inside ``mask``; two empty masks agree perfectly (1.0)."""
+    p, t = _masked_pair(pred, target, mask)
     denom = int(p.sum()) + int(t.sum())
     if denom == 0:
         return 1.0
@@ -168,12 +174,7 @@ def cldice(
     """
     from skimage.morphology import skeletonize
 
-    p, t = _binary(pred, "pred"), _binary(target, "target")
-    if p.shape != t.shape:
-        raise ValueError(f"pred shape {p.shape} differs from target shape {t.shape}")
-    if mask is not None:
-        m = _mask_for(p.shape, mask)
-        p, t = p & m, t & m
+    p, t = _masked_pair(pred, target, mask)
     if not p.any() and not t.any():
         return 1.0
     if not p.any() or not t.any():

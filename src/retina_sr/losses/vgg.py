@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..models.checkpoint import state_mismatch
+
 __all__ = [
     "VGG16_URL",
     "VGG16_FILE",
@@ -187,19 +189,10 @@ class VGG16Features(nn.Module):
         state = {k.removeprefix("module."): v for k, v in state.items()}
         feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         other = sorted(k for k in state if not k.startswith(("features.", "classifier.")))
-        own = self.features.state_dict()
-        missing = sorted(set(own) - set(feats))
-        unexpected = sorted(set(feats) - set(own)) + other
-        shapes = [f"features.{k}: file {tuple(feats[k].shape)} vs VGG16 {tuple(own[k].shape)}"
-                  for k in own.keys() & feats.keys() if tuple(feats[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} keys (e.g. {['features.' + k for k in missing[:3]]})")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected[:3]}")
-            if shapes:
-                parts.append(f"shape mismatches {shapes[:2]}")
+        parts = state_mismatch(self.features.state_dict(), feats, prefix="features.")
+        if other:
+            parts.append(f"unexpected keys {other[:3]}")
+        if parts:
             raise VGGWeightsError(f"{source} is not a torchvision VGG16 state dict: " + "; ".join(parts)
                                   + ". Use torchvision's vgg16 layout (features.0.weight ... features.28.bias).")
         self.features.load_state_dict({k: v.float() for k, v in feats.items()})

@@ -72,21 +72,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), meta
 
 
-def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; any missing/unexpected key or shape mismatch is a clear error."""
-    own = model.state_dict()
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """Describe how ``state`` fails to fit a module whose state dict is ``own`` (empty list: it fits)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    shapes = [f"{prefix}{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} keys (e.g. {[prefix + k for k in missing[:3]]})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys (e.g. {[prefix + k for k in unexpected[:3]]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    return parts
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; any missing/unexpected key or shape mismatch is a clear error."""
+    parts = state_mismatch(model.state_dict(), state)
+    if parts:
         raise CheckpointError(f"{source}: architecture mismatch - " + "; ".join(parts)
                               + ". Build the model with the checkpoint's own meta['model'] settings.")
     model.load_state_dict(state)
