@@ -46,8 +46,18 @@ TINY = {
     "evaluate": {"speed_repeats": 1, "figure_images": 1},
 }
 
-IGNORE = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", "mlflow.db*", ".snakemake",
-                                "__pycache__", "*.egg-info", ".pytest_cache", "cache", "tmp")
+_TOP = {".venv", ".git", "data", "models", "reports", ".snakemake", ".pytest_cache", "dvc.lock"}
+_ANY = shutil.ignore_patterns("__pycache__", "*.egg-info", "mlflow.db*")
+
+
+def IGNORE(folder: str, names: list[str]) -> set[str]:  # noqa: N802 - used like shutil.ignore_patterns
+    """Skip generated state: top-level outputs and environment, DVC's cache/tmp, caches anywhere."""
+    skip = set(_ANY(folder, names))
+    if Path(folder) == ROOT:
+        skip |= _TOP & set(names)
+    elif Path(folder) == ROOT / ".dvc":
+        skip |= {"cache", "tmp"} & set(names)
+    return skip
 
 
 def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -65,7 +75,9 @@ def make_copy(dest: Path) -> Path:
     shutil.copytree(ROOT, dest, ignore=IGNORE)
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, TINY), sort_keys=False))
+    params = deep_merge(params, TINY)
+    params["train"]["modified"]["variants"] = TINY["train"]["modified"]["variants"]  # replace, not merge
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / "dvc.lock").unlink(missing_ok=True)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
@@ -75,8 +87,11 @@ def make_copy(dest: Path) -> Path:
 
 
 def digests(root: Path, sub: str) -> dict[str, str]:
+    """sha256 of every file under ``sub``, less the training-resume scratch state (no DVC output) and
+    Snakemake's marker for directory outputs."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((root / sub).rglob("*")) if p.is_file()}
+            for p in sorted((root / sub).rglob("*")) if p.is_file() and ".resume" not in p.parts
+            and p.name != ".snakemake_timestamp"}
 
 
 @pytest.fixture(scope="module")
