@@ -8,6 +8,7 @@ has nothing to do; `dvc push` + `dvc pull` into a fresh clone restores identical
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -164,3 +165,22 @@ def test_full_study_selected_with_one_dvc_command(tmp_path):
     composed = yaml.safe_load((repo / "params.yaml").read_text())
     assert composed["study"] == "full" and composed["data"]["source"] == "kaggle"
     assert composed["model"]["features"] == 64
+
+
+def test_snakemake_runs_the_whole_study(dvc_run):
+    """`snakemake --cores 8 evaluate` alone, on a fresh copy, ends with the reports and the MLflow runs;
+    its `onsuccess` records the results in dvc.lock, so `dvc repro` afterwards runs nothing."""
+    repo, _ = dvc_run
+    other = make_copy(repo.parent / "d")
+    run([str(BIN / "snakemake"), "--cores", "8", "evaluate"], other)
+    for f in ["reports/metrics.json", "reports/summary.md", "reports/results.csv", "models/modified/subpixel/model.pt"]:
+        assert (other / f).is_file(), f
+    metrics = json.loads((other / "reports/metrics.json").read_text())
+    assert {"bicubic", "l1", "perceptual", "adversarial", "modified_subpixel"} <= set(metrics)
+    again = run([str(BIN / "dvc"), "repro"], other)
+    assert "Running stage" not in again.stdout, again.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
+    names = {r.info.run_name for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    assert {"train_l1", "train_perceptual", "train_adversarial", "train_modified_subpixel", "bicubic"} <= names

@@ -1,5 +1,8 @@
-"""``retina-sr`` command line. Each concern registers its own sub-commands (``<concern>/commands.py``
-exposes ``register(subparsers)``); this module only assembles them."""
+"""retina-sr: super-resolution, deblurring and denoising of retinal fundus photographs.
+
+Each concern registers its own sub-commands (``<concern>/commands.py`` exposes
+``register(subparsers)``); this module only assembles them.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="retina-sr", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="retina-sr", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("--version", action="version", version=f"retina-sr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
