@@ -126,28 +126,23 @@ def export_onnx(
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, 32, 48, generator=gen)
     check = torch.rand(2, 3, 27, 41, generator=gen)  # other batch and odd sizes: dynamic axes work
+    if prefer not in ("dynamo", "torchscript"):
+        raise ValueError(f"prefer must be 'dynamo' or 'torchscript', got {prefer!r}")
+    attempts = [("dynamo", _export_dynamo)] if prefer == "dynamo" else []
+    attempts.append(("torchscript", _export_torchscript))
     dynamo_error = None
-    exporter = ""
-    diff = float("inf")
-    if prefer == "dynamo":
+    for exporter, export in attempts:
         try:
-            _export_dynamo(module, example, out, opset)
+            export(module, example, out, opset)
             diff = _max_diff_vs_torch(out, module, check)
             if not diff <= ONNX_PARITY_ATOL:
-                raise RuntimeError(f"dynamo graph differs from PyTorch on a {tuple(check.shape)} input "
-                                   f"(max abs {diff:.3g})")
-            exporter = "dynamo"
-        except Exception as err:  # noqa: BLE001 - any exporter failure -> documented fallback
+                raise RuntimeError(f"the {exporter} graph differs from PyTorch on a {tuple(check.shape)} input "
+                                   f"(max abs {diff:.3g} > {ONNX_PARITY_ATOL})")
+            break
+        except Exception as err:  # noqa: BLE001 - a dynamo failure -> documented fallback
+            if exporter == "torchscript":
+                raise RuntimeError(f"ONNX export of {checkpoint} failed: {err}; dynamo attempt: {dynamo_error}") from err
             dynamo_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
-    elif prefer != "torchscript":
-        raise ValueError(f"prefer must be 'dynamo' or 'torchscript', got {prefer!r}")
-    if not exporter:
-        _export_torchscript(module, example, out, opset)
-        diff = _max_diff_vs_torch(out, module, check)
-        if not diff <= ONNX_PARITY_ATOL:
-            raise RuntimeError(f"ONNX export of {checkpoint} does not reproduce PyTorch (max abs {diff:.3g} "
-                               f"> {ONNX_PARITY_ATOL}); dynamo attempt: {dynamo_error}")
-        exporter = "torchscript"
     import onnx
 
     proto = onnx.load(out)
