@@ -77,6 +77,27 @@ def test_folder_source_with_masks(tmp_path, monkeypatch):
     assert df["width"].tolist() == [128] * 3
 
 
+def test_folder_fov_masks_beside_images_are_not_images(tmp_path, monkeypatch):
+    """FOV masks in the image folder are neither taken as images nor counted against n_images, and
+    only the selected images are linked into data/raw (a DVC output)."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "photos"
+    for i in range(4):
+        ph = generate_phantom(128, seed=i)
+        write_image(src / f"im{i}.jpg", ph.image)
+        write_image(src / f"im{i}_mask.png", ph.fov)
+    p = params_from_dict({"data": {"source": "folder", "n_images": 3,
+                                   "folder": {"path": str(src), "fov_mask_pattern": "{stem}_mask.png"}}})
+    df = run_download(p)
+    assert df["id"].tolist() == ["im0", "im1", "im2"]
+    assert all(Path(f).is_file() for f in df["fov_mask"])
+    assert sorted(f.name for f in Path("data/raw").glob("*.jpg")) == ["im0.jpg", "im1.jpg", "im2.jpg"]
+    # a rerun leaves no stale mask of another format behind (data/raw is a DVC output)
+    Path("data/raw/masks/old_fov.gif").write_bytes(b"GIF89a")
+    run_download(p)
+    assert sorted(f.name for f in Path("data/raw/masks").iterdir()) == ["im0_fov.png", "im1_fov.png", "im2_fov.png"]
+
+
 def test_folder_missing_is_clear(tmp_path):
     p = params_from_dict({"data": {"source": "folder", "folder": {"path": str(tmp_path / "none")}}})
     with pytest.raises(FileNotFoundError, match="data.folder.path"):

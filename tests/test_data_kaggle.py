@@ -122,6 +122,27 @@ def test_concat_reader_seeks_across_parts(tmp_path):
     r.close()
 
 
+@pytest.mark.parametrize("head", [b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c", b"junk!!"])
+def test_corrupt_archive_is_a_clear_error_and_closes_its_files(tmp_path, monkeypatch, head):
+    parts = []
+    for i in range(2):
+        p = tmp_path / f"train.zip.{i + 1:03d}"
+        p.write_bytes((head if i == 0 else b"") + bytes(200))
+        parts.append(p)
+    opened = []
+    real_open = open
+
+    def tracking_open(*a, **kw):
+        f = real_open(*a, **kw)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr("builtins.open", tracking_open)
+    with pytest.raises(kg.KaggleError, match="delete"):
+        kg.open_archive(parts)
+    assert opened and all(f.closed for f in opened)
+
+
 def test_disk_space_check(tmp_path, monkeypatch):
     p = _params(tmp_path, "train", 3, min_free_gb=80.0)
     monkeypatch.setattr(kg.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100e9, 90e9, 10e9))

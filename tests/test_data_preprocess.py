@@ -187,3 +187,37 @@ def test_bench_preprocess_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 images (2 usable)" in out and "images/s" in out
     assert main(["bench-preprocess", "--images", str(tmp_path / "nope")]) == 2
+
+
+def test_bad_vessel_mask_rejects_that_image_only_and_16bit_photos_work(tmp_path):
+    """An empty (0-byte) or corrupt vessel-mask file is a listed reject, not a crash of the stage
+    (OpenCV asserts on an empty buffer), and leaves no orphan outputs; 16-bit PNGs are processed."""
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = []
+    for i in range(5):
+        ph = generate_phantom(160, seed=i)
+        p = d / f"im{i}.png"
+        if i == 4:  # 16-bit photograph
+            cv2.imwrite(str(p), cv2.cvtColor(ph.image, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+        else:
+            write_image(p, ph.image)
+        v = d / f"im{i}_vessels.png"
+        write_image(v, ph.vessels)
+        rows.append(dict(id=f"im{i}", source="test", path=str(p), width="", height="", label="",
+                         vessel_mask=str(v), fov_mask=""))
+    Path(rows[0]["vessel_mask"]).write_bytes(b"")  # empty file
+    Path(rows[1]["vessel_mask"]).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # corrupt
+    m = tmp_path / "raw" / "manifest.csv"
+    m.parent.mkdir(parents=True)
+    pd.DataFrame(rows, columns=RAW_COLUMNS).to_csv(m, index=False)
+    out = tmp_path / "processed"
+    for workers in (1, 2):
+        df, rej = preprocess_dataset(m, out, size=128, seed=1, workers=workers, progress=False)
+        assert sorted(df["id"]) == ["im2", "im3", "im4"]
+        assert sorted(rej["id"]) == ["im0", "im1"] and rej["reason"].str.contains("vessel mask unusable").all()
+        assert sorted(p.stem for p in (out / "images").iterdir()) == ["im2", "im3", "im4"]
+        assert sorted(p.stem for p in (out / "fov").iterdir()) == ["im2", "im3", "im4"]
+    row = df.set_index("id").loc["im4"]
+    ref, _, _, _ = preprocess_image(generate_phantom(160, seed=4).image, 128)
+    assert np.abs(read_image(row.path).astype(int) - ref.astype(int)).max() <= 1

@@ -104,6 +104,21 @@ def test_imagenet_uses_hub_state(monkeypatch):
     torch.testing.assert_close(vgg.features[0].weight, state["features.0.weight"])
 
 
+def test_imagenet_file_placed_by_hand_is_hash_checked(tmp_path, monkeypatch):
+    """torch.hub checks the hash only when it downloads: a wrong file already in its cache (e.g.
+    placed by hand offline) must be an error, not silently recorded as the ImageNet weights."""
+    state = _torchvision_state(False, seed=4)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: state)  # what hub would load
+    cached = tmp_path / "checkpoints" / VGG16_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"other weights")
+    with pytest.raises(VGGWeightsError, match="397923af"):
+        VGG16Features("imagenet", ["relu1_2"])
+    cached.unlink()  # nothing cached: hub downloads and checks the hash itself
+    assert VGG16Features("imagenet", ["relu1_2"]).weights_description.startswith("imagenet:")
+
+
 def test_random_is_seeded_frozen_and_eval():
     a = VGG16Features("random", ["relu1_2"], seed=0)
     b = VGG16Features("random", ["relu1_2"], seed=0)

@@ -73,6 +73,18 @@ def test_load_patches_reads_the_documented_layout(tmp_path):
     assert len(load_patches(tmp_path / "data/patches/val.npz", [1, 2], limit=3)) == 3
 
 
+def test_load_patches_limit_spans_every_image(tmp_path):
+    """train.max_val_patches must not validate on the first image(s) only: the file stores the
+    patches image by image, so the kept patches are spread evenly over it."""
+    make_patches(tmp_path, n_val=12)
+    full = np.load(tmp_path / "data/patches/val.npz")
+    ps = load_patches(tmp_path / "data/patches/val.npz", [1, 2], limit=3)
+    keep = [0, 6, 11]  # 12 patches = 3 images x 4 patches: one from each image
+    assert len(ps) == 3 and np.array_equal(ps.hr, full["hr"][keep]) and np.array_equal(ps.lr[2], full["lr_x2"][keep])
+    assert ps.fov.shape == (3, 32, 32) and ps.hr.flags["C_CONTIGUOUS"]
+    assert len(load_patches(tmp_path / "data/patches/val.npz", [1], limit=50)) == 12
+
+
 def test_load_patches_errors_name_file_and_key(tmp_path):
     with pytest.raises(PatchDataError, match="not found.*patches"):
         load_patches(tmp_path / "nope.npz", [1])

@@ -34,10 +34,10 @@ RAW_COLUMNS = ["id", "source", "path", "width", "height", "label", "vessel_mask"
 
 def _clean(out: Path) -> None:
     """Remove previous image/mask outputs of the stage (not the Kaggle cache)."""
-    for sub in (out, out / "masks"):
+    for sub, every in ((out, False), (out / "masks", True)):  # masks/: any format (e.g. DRIVE's .gif)
         if sub.is_dir():
             for f in sub.iterdir():
-                if f.is_file() and (f.suffix.lower() in IMAGE_EXTENSIONS + (".npy",) or f.name == "manifest.csv"):
+                if f.is_file() and (every or f.suffix.lower() in IMAGE_EXTENSIONS + (".npy",) or f.name == "manifest.csv"):
                     f.unlink()
 
 
@@ -98,13 +98,17 @@ def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
         raise FileNotFoundError(f"data.folder.path {src} is not a folder: set it to a folder of fundus images")
     files = sorted(p for p in src.rglob(fc.pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     mask_dir = Path(fc.mask_dir) if fc.mask_dir else src
-    if fc.mask_pattern:  # masks living in the image folder must not be taken as images
-        masks = {mask_dir / fc.mask_pattern.format(stem=p.stem) for p in files}
-        files = [p for p in files if p not in masks]
+    fov_dir = Path(fc.fov_mask_dir) if fc.fov_mask_dir else src
+    # vessel and FOV masks living in the image folder must not be taken as images
+    masks = {(d / pat.format(stem=p.stem)).resolve() for p in files
+             for d, pat in ((mask_dir, fc.mask_pattern), (fov_dir, fc.fov_mask_pattern)) if pat}
+    files = [p for p in files if p.resolve() not in masks]
     if not files:
         raise FileNotFoundError(
             f"no images matching '{fc.pattern}' (jpg/jpeg/png/tif) under {src}: check data.folder.path/pattern"
         )
+    if cfg.n_images and len(files) > cfg.n_images:  # deterministic subset: first n by name (before
+        files = files[: cfg.n_images]                 # linking: data/raw holds only what is used)
     out = Path(out)
     rows: list[dict] = []
     seen: set[str] = set()
@@ -124,7 +128,7 @@ def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
         except Exception:  # noqa: BLE001 - unreadable images are rejected (with reason) by preprocess
             pass
         for key, d, pat in (("vessel_mask", mask_dir, fc.mask_pattern),
-                            ("fov_mask", Path(fc.fov_mask_dir) if fc.fov_mask_dir else src, fc.fov_mask_pattern)):
+                            ("fov_mask", fov_dir, fc.fov_mask_pattern)):
             if not pat:
                 continue
             m = d / pat.format(stem=p.stem)
@@ -135,8 +139,6 @@ def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
             else:
                 print(f"warning: {key.replace('_', ' ')} {m} not found for {p.name}")
         rows.append(row)
-    if cfg.n_images and len(rows) > cfg.n_images:  # deterministic subset: first n by name
-        rows = rows[: cfg.n_images]
     return rows
 
 

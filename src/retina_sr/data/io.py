@@ -29,7 +29,7 @@ def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
     if buf[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buf[-4096:].tobytes():
         # OpenCV decodes a cut JPEG into a grey-filled image with only a warning: refuse it
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker); download or copy it again")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    img = _decode(buf)
     if img is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     if img.dtype == np.uint16:
@@ -56,12 +56,22 @@ def _is_gray(img: np.ndarray) -> bool:
     return bool(np.abs(sub[..., 0] - sub[..., 1]).max() <= 2 and np.abs(sub[..., 1] - sub[..., 2]).max() <= 2)
 
 
+def _decode(buf: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode`` that answers ``None`` instead of raising (OpenCV asserts on an empty buffer)."""
+    if buf.size == 0:
+        return None
+    try:
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a binary mask (any non-zero pixel is foreground) as ``bool`` (H, W)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: mask file not found")
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    img = _decode(np.fromfile(path, dtype=np.uint8))
     if img is None:
         # e.g. GIF masks (DRIVE) - fall back to scikit-image's reader
         try:

@@ -151,7 +151,14 @@ class ConcatReader(io.RawIOBase):
 
     def __init__(self, parts: list[Path]):
         super().__init__()
-        self._files = [open(p, "rb") for p in parts]  # noqa: SIM115 - closed in close()
+        self._files = []
+        try:
+            for p in parts:
+                self._files.append(open(p, "rb"))  # noqa: SIM115 - closed in close()
+        except BaseException:
+            for f in self._files:
+                f.close()
+            raise
         self._sizes = [os.fstat(f.fileno()).st_size for f in self._files]
         self._starts = np.concatenate([[0], np.cumsum(self._sizes)]).tolist()
         self._pos = 0
@@ -196,6 +203,20 @@ class _Archive:
     def __init__(self, parts: list[Path]):
         self.parts = parts
         self.stream = ConcatReader(parts) if len(parts) > 1 else open(parts[0], "rb")  # noqa: SIM115
+        try:
+            self._open()
+        except KaggleError:
+            self.stream.close()  # a bad archive must not leave its volumes open
+            raise
+        except Exception as err:  # zipfile.BadZipFile, py7zr.Bad7zFile, ...
+            self.stream.close()
+            raise KaggleError(
+                f"cannot read the archive {', '.join(p.name for p in parts)} ({type(err).__name__}: {err}): it is "
+                f"incomplete or corrupt; delete it and {parts[0].parent / '.done'} and rerun"
+            ) from err
+
+    def _open(self) -> None:
+        parts = self.parts
         head = self.stream.read(6)
         self.stream.seek(0)
         if head == _SEVENZ_MAGIC:

@@ -120,6 +120,8 @@ def _process(job: _Job) -> dict:
     except ImageReadError as err:
         msg = str(err).split(": ", 1)[-1]
         return {"id": job.id, "path": job.path, "reject": msg}
+    except Exception as err:  # noqa: BLE001 - e.g. a file without read permission: reject, never raise
+        return {"id": job.id, "path": job.path, "reject": f"not readable: {type(err).__name__}: {err}"}
     try:
         fov_circle = None
         if job.fov_mask:
@@ -156,8 +158,13 @@ def _process(job: _Job) -> dict:
                 c = cv2.resize(c, (job.size, job.size), interpolation=cv2.INTER_NEAREST) * f
                 (out / "calibre").mkdir(parents=True, exist_ok=True)
                 np.save(out / "calibre" / f"{job.id}.npy", (c * fov).astype(np.float32))
-        except ImageReadError as err:
-            return {"id": job.id, "path": job.path, "reject": f"vessel mask unusable: {err}"}
+        except Exception as err:  # noqa: BLE001 - a bad mask rejects this image only, never the stage
+            for f in (img_path, fov_path, Path(vessel_path) if vessel_path else None,
+                      out / "calibre" / f"{job.id}.npy"):
+                if f is not None:
+                    f.unlink(missing_ok=True)  # no orphan outputs of a rejected image
+            reason = str(err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
+            return {"id": job.id, "path": job.path, "reject": f"vessel mask unusable: {reason}"}
     h, w = img.shape[:2]
     return {
         "id": job.id, "source": job.source, "path": str(img_path), "fov_path": str(fov_path),

@@ -97,6 +97,15 @@ def _hub_checkpoint_path() -> Path:
 
 
 def _load_imagenet(progress: bool) -> dict[str, Tensor]:
+    cached = _hub_checkpoint_path()
+    # torch.hub checks the hash only when it downloads; a file already there (e.g. placed by hand
+    # offline) is loaded unchecked, so check it here: never record other weights as ImageNet's
+    if cached.is_file() and not _sha256(cached).startswith("397923af"):
+        raise VGGWeightsError(
+            f"{cached} is not torchvision's ImageNet VGG16 file (its sha256 does not start with 397923af): "
+            f"delete it and download {VGG16_URL} again, or set train.perceptual.vgg_weights to its path "
+            "if other weights are intended"
+        )
     try:
         return torch.hub.load_state_dict_from_url(
             VGG16_URL, progress=progress, check_hash=True, map_location="cpu", weights_only=True

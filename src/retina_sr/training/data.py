@@ -41,7 +41,9 @@ class PatchSet:
 def load_patches(path: str | Path, scales: list[int], limit: int | None = None) -> PatchSet:
     """Read ``path`` and check keys, dtypes and shapes against ``scales``; errors name the file and key.
 
-    ``limit`` keeps only the first ``limit`` patches (validation uses ``train.max_val_patches``).
+    ``limit`` keeps ``limit`` patches evenly spaced over the file (validation uses
+    ``train.max_val_patches``): the file holds the patches image by image, so its first ``limit``
+    patches would come from the first few images only.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,10 +61,9 @@ def load_patches(path: str | Path, scales: list[int], limit: int | None = None) 
                 f"{path}: missing arrays {missing} (has {sorted(keys)}); data.scales is {scales}: "
                 "rerun the 'patches' stage with the same data.scales"
             )
-        sl = slice(None, limit)
-        hr = np.ascontiguousarray(npz["hr"][sl])
-        lr = {s: np.ascontiguousarray(npz[f"lr_x{s}"][sl]) for s in scales}
-        fov = np.ascontiguousarray(npz["fov"][sl]).astype(bool) if "fov" in keys else None
+        hr = npz["hr"]
+        lr = {s: npz[f"lr_x{s}"] for s in scales}
+        fov = npz["fov"].astype(bool) if "fov" in keys else None
     if hr.dtype != np.uint8 or hr.ndim != 4 or hr.shape[3] != 3 or hr.shape[1] != hr.shape[2]:
         raise PatchDataError(f"{path}: 'hr' must be uint8 (N, crop, crop, 3), got {hr.dtype} {hr.shape}")
     if hr.shape[0] == 0:
@@ -74,7 +75,12 @@ def load_patches(path: str | Path, scales: list[int], limit: int | None = None) 
             raise PatchDataError(f"{path}: 'lr_x{s}' must be uint8 {want}, got {a.dtype} {a.shape}")
     if fov is not None and fov.shape != hr.shape[:3]:
         raise PatchDataError(f"{path}: 'fov' must be bool {hr.shape[:3]}, got {fov.dtype} {fov.shape}")
-    return PatchSet(hr=hr, lr=lr, path=path, fov=fov)
+    if limit is not None and limit < hr.shape[0]:
+        keep = np.linspace(0, hr.shape[0] - 1, limit).round().astype(np.int64)
+        hr, lr = hr[keep], {s: a[keep] for s, a in lr.items()}
+        fov = fov[keep] if fov is not None else None
+    return PatchSet(hr=np.ascontiguousarray(hr), lr={s: np.ascontiguousarray(a) for s, a in lr.items()}, path=path,
+                    fov=None if fov is None else np.ascontiguousarray(fov))
 
 
 def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
