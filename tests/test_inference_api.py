@@ -196,3 +196,12 @@ def test_compiled_channels_last_bf16_path_on_cpu(ckpt, enh):
     for _ in range(2):
         out = fast.enhance(img, 4)
         assert np.abs(out - ref).max() <= 0.05 and np.abs(out - ref).mean() <= 0.01
+
+
+def test_big_endian_uint16_input(enh):
+    """16-bit TIFFs read by e.g. tifffile can be big-endian ('>u2'): the same values, the same result."""
+    img16 = (_image().astype(np.uint16) * 257)
+    be = img16.astype(">u2")
+    assert not be.dtype.isnative
+    out = enh.enhance(be, 2)
+    assert out.dtype == np.uint16 and np.array_equal(out, enh.enhance(img16, 2))

@@ -177,3 +177,80 @@ def test_video_error_midstream_stops_pipeline(tmp_path, ckpt):
         enhance_video(enh, src, tmp_path / "o.mp4", zoom=2, roi=(50, 40, 32, 24), progress=False, queue_size=2)
     alive = [t.name for t in threading.enumerate() if t.name.startswith("video-")]
     assert not alive, alive  # decode and encode threads have ended
+
+
+def test_video_writer_failure_with_slow_decoder_does_not_hang(tmp_path, monkeypatch):
+    """The encoder fails (output path is a folder) while the main thread waits for a slow decoder: the
+    reader stops without queueing its end marker, so a blocking get() used to wait forever."""
+    import threading
+    import time
+
+    from retina_sr.inference.enhancer import BaseEnhancer
+
+    class Nearest(BaseEnhancer):  # fast enhancement: the main thread is always waiting on the decoder
+        max_zoom = 8
+
+        def _forward(self, x, n_up):
+            return torch.nn.functional.interpolate(x, scale_factor=2**n_up, mode="nearest")
+
+    class SlowCapture:
+        def __init__(self, path):
+            self.n = 0
+
+        def isOpened(self):
+            return True
+
+        def read(self):
+            time.sleep(0.15)
+            self.n += 1
+            return (True, np.zeros((16, 16, 3), np.uint8)) if self.n <= 10 else (False, None)
+
+        def get(self, prop):
+            return 10.0 if prop == cv2.CAP_PROP_FPS else 10
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", SlowCapture)
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"stub")
+    dst = tmp_path / "out.mp4"
+    dst.mkdir()  # a folder: the video writer cannot open it
+    res: dict = {}
+
+    def go():
+        try:
+            res["report"] = enhance_video(Nearest(), src, dst, zoom=2, progress=False, queue_size=2)
+        except BaseException as err:  # noqa: BLE001
+            res["error"] = err
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "enhance_video hangs after an encoder error"
+    assert isinstance(res.get("error"), OSError) and "video writer" in str(res["error"])
+
+
+def test_bench_cuda_fast_path_warms_up_past_cuda_graph_capture(monkeypatch):
+    """torch.compile(mode='reduce-overhead') records its CUDA graph on the 2nd call: the timed calls of
+    the CUDA fast path start after it (checked with stand-ins: no GPU needed)."""
+    import retina_sr.inference.bench as bench
+    import retina_sr.inference.enhancer as enhancer_mod
+    import retina_sr.runtime as runtime
+
+    class FakeEnhancer:
+        def __init__(self, model, meta, device="auto", fast=False, **kw):
+            self.mode = "cuda bfloat16+compile" if fast else "cuda eager fp32"
+
+        def enhance(self, frame, z):
+            return frame
+
+    calls = []
+    monkeypatch.setattr(enhancer_mod, "Enhancer", FakeEnhancer)
+    monkeypatch.setattr(runtime, "pick_device", lambda d="auto": torch.device("cuda"))
+    monkeypatch.setattr(runtime, "device_name", lambda d: "fake GPU")
+    monkeypatch.setattr(bench, "time_call", lambda fn, repeats, warmup=1: calls.append(warmup) or [1e-3] * repeats)
+    res = bench.run_bench([], [(32, 32)], [2.0], repeats=2, device="cuda", archs=[(4, 1)], baselines=False,
+                          log=lambda s: None)
+    assert [r["backend"] for r in res["rows"]] == ["cuda eager fp32", "cuda bfloat16+compile"]
+    assert calls[0] >= 1 and calls[1] >= 3  # warm-up, graph capture, then the first replay

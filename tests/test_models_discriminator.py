@@ -43,3 +43,14 @@ def test_spectral_norm_bounds_layer_gain():
     with torch.no_grad():
         w = conv.weight.reshape(conv.weight.shape[0], -1)
         assert float(torch.linalg.matrix_norm(w, ord=2)) == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("n_layers", [1, 3, 5])
+def test_too_small_input_is_a_clear_error(n_layers):
+    """Crops smaller than 3 * 2**n_layers leave no logit; that is an error naming the two keys, and
+    exactly min_size works (e.g. the allowed crop 16 with the default n_layers 3 is too small)."""
+    d = Discriminator(DiscriminatorConfig(features=4, n_layers=n_layers, spectral_norm=False))
+    assert d.min_size == 3 * 2**n_layers
+    assert d(torch.rand(1, 3, d.min_size, d.min_size)).shape[-2:] == (1, 1)
+    with pytest.raises(ValueError, match=r"data\.patches\.crop.*n_layers"):
+        d(torch.rand(1, 3, d.min_size - 1, d.min_size + 8))

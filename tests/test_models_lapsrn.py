@@ -186,3 +186,17 @@ def test_checkpoint_of_compiled_wrapper_has_plain_keys(tmp_path):
     save_model(tmp_path / "c.pt", Wrapper(model), {"model": cfg.model_dump(), "levels": 1, "scales": [1, 2], "phase": "l1"})
     loaded, _ = load_model(tmp_path / "c.pt")
     assert set(loaded.state_dict()) == set(model.state_dict())
+
+
+def test_incomplete_checkpoint_is_a_clear_error(tmp_path):
+    """A file in the retina-sr format but without meta['levels'] (hand-made, truncated meta) is a
+    CheckpointError naming what is missing, not a KeyError traceback."""
+    cfg = _cfg()
+    model = build_model(cfg, levels=1)
+    path = tmp_path / "m.pt"
+    torch.save({"format": "retina-sr/1", "state_dict": model.state_dict(), "meta": {"model": cfg.model_dump()}}, path)
+    with pytest.raises(CheckpointError, match="levels"):
+        load_model(path)
+    torch.save({"format": "retina-sr/1", "meta": {"model": cfg.model_dump(), "levels": 1}}, path)
+    with pytest.raises(CheckpointError, match="state_dict"):
+        load_model(path)

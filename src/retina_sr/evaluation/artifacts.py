@@ -33,15 +33,17 @@ def periodic_energy(img: np.ndarray, scale: int, radius: int = 1) -> float:
     p = np.abs(_spectrum(img))
     h, w = p.shape
     period = max(int(scale), 2)
-    if h % period or w % period:
-        raise ValueError(f"image {h}x{w} is not divisible by the artifact period {period}")
+    if h < period or w < period:
+        raise ValueError(f"image {h}x{w} is smaller than the artifact period {period}")
     total = 0.0
     seen: set[tuple[int, int]] = set()
     for ky in range(period):
         for kx in range(period):
             if kx == 0 and ky == 0:
                 continue
-            cy, cx = ky * h // period, kx * w // period
+            # the bin nearest to frequency k/period (exact when the side is divisible by the period;
+            # e.g. an odd-sized zoom-1 image has no exact Nyquist bin)
+            cy, cx = round(ky * h / period) % h, round(kx * w / period) % w
             for dy in range(-radius, radius + 1):
                 for dx in range(-radius, radius + 1):
                     cell = ((cy + dy) % h, (cx + dx) % w)

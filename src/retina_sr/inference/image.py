@@ -100,6 +100,8 @@ def to_tensor(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, InputSpec
         a = np.repeat(a, 3, axis=2)
     elif channels != 3:
         raise InputError(f"image has {channels} channels; RGB (3), RGBA (4) or grayscale (1) is needed")
+    if not a.dtype.isnative:  # e.g. '>u2' from a big-endian 16-bit TIFF: same values, native order
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype == np.uint8:
         f = a.astype(np.float32) / 255.0
     elif a.dtype == np.uint16:
@@ -109,7 +111,7 @@ def to_tensor(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, InputSpec
         _float_range_check(float(f.min()), float(f.max()), "image")
     else:
         raise InputError(f"image dtype {a.dtype} is not supported: use uint8, uint16 or float in [0, 1]")
-    spec = InputSpec("numpy", image.dtype, gray=gray, keep_channel_axis=keep_axis)
+    spec = InputSpec("numpy", a.dtype, gray=gray, keep_channel_axis=keep_axis)
     t = torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))[None]
     return t, spec
 

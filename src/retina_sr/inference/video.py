@@ -169,7 +169,14 @@ def enhance_video(
     bar = tqdm(total=count or None, unit="frame", desc=src.name, disable=not progress)
     try:
         while True:
-            item = q_in.get()
+            try:
+                # a timeout, not a blocking get: after a writer error the reader stops without
+                # queueing _END (its put gives up once `stop` is set), so a blocking get would hang
+                item = q_in.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    break
+                continue
             if item is _END or stop.is_set():
                 break
             in_size = (item.shape[1], item.shape[0])

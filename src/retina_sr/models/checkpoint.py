@@ -51,6 +51,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a retina-sr checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not in the {FORMAT} format (expected a dict with 'format', 'state_dict', 'meta')")
+    meta = ckpt.get("meta")
+    missing = [k for k in ("model", "levels") if not isinstance(meta, dict) or k not in meta]
+    if not isinstance(ckpt.get("state_dict"), dict) or missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: it needs a 'state_dict' dict and meta keys "
+                              f"'model' and 'levels' (missing: {missing or ['state_dict']}); save it with save_model")
     return ckpt
 
 

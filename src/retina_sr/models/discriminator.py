@@ -36,5 +36,16 @@ class Discriminator(nn.Module):
         layers += [sn(nn.Conv2d(cout, 1, 4, stride=1, padding=1))]
         self.body = nn.Sequential(*layers)
 
+    @property
+    def min_size(self) -> int:
+        """Smallest input side with at least one logit: ``n_layers`` halvings, then two 4x4 convs (-1 each)."""
+        return 3 * 2**self.cfg.n_layers
+
     def forward(self, x: Tensor) -> Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"PatchGAN input {tuple(x.shape[-2:])} is smaller than {self.min_size} px, the least its "
+                f"{self.cfg.n_layers} strided layers need: raise data.patches.crop or lower "
+                "train.adversarial.discriminator.n_layers"
+            )
         return self.body(x * 2.0 - 1.0)
