@@ -62,6 +62,7 @@ def test_wrong_type_is_named(raw):
         (("data", "patches", "blur_sigma"), [2.0, 1.0], r"low <= high"),
         (("train", "modified", "variants"), {"Bad Name": {}}, r"must match"),
         (("data", "n_images"), 2, r"data\.n_images"),
+        (("train", "adversarial", "discriminator", "n_layers"), 6, r"smaller than the discriminator's smallest input"),
     ],
 )
 def test_impossible_values(raw, path, value, match):

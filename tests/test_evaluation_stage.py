@@ -29,7 +29,7 @@ def tiny_params(size: int, scales: list[int], **evaluate) -> object:
     return params_from_dict({
         "data": {"size": size, "scales": scales, "patches": {"crop": crop}},
         "model": {"features": 4, "depth": 1},
-        "train": {"device": "cpu"},
+        "train": {"device": "cpu", "adversarial": {"discriminator": {"n_layers": 1}}},
         "evaluate": {"speed_repeats": 2, "figure_images": 1, **evaluate},
     })
 
@@ -366,3 +366,18 @@ def test_summary_bolds_the_best_per_metric_direction():
     assert _best(pd.Series([7.5, 0.02, 1.0]), "checkerboard") == {1}
     assert _best(pd.Series([0.0, 0.0, 0.0]), "vessel_dice") == set()  # a tie of all: no winner
     assert _best(pd.Series([np.nan, 2.0, np.inf]), "thinnest_calibre") == {1}  # inf = none recovered
+
+
+def test_verdict_names_no_best_step_when_no_vessel_tree_survives():
+    import pandas as pd
+
+    from retina_sr.evaluation.report import _verdict
+
+    agg = pd.DataFrame({
+        "model": ["bicubic", "l1", "bicubic", "l1"], "zoom": [2, 2, 8, 8],
+        "vessel_cldice": [0.70, 0.75, 0.01, 0.03], "vessel_dice": [0.7, 0.8, 0.02, 0.04],
+        "psnr_y": [35.0, 36.0, 29.0, 29.5], "fps": [3000.0, 20.0, 3000.0, 20.0], "ms": [0.3, 50.0, 0.3, 50.0],
+    })
+    text = "\n".join(_verdict(agg))
+    assert "- x2: **l1**" in text
+    assert "- x8: none" in text and "0.030 by l1" in text

@@ -292,6 +292,17 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @model_validator(mode="after")
+    def _discriminator_fits_crop(self) -> Params:
+        d = self.train.adversarial.discriminator
+        need = 3 * 2**d.n_layers  # the PatchGAN's smallest input that still gives an output map
+        if self.data.patches.crop < need:
+            raise ValueError(
+                f"data.patches.crop ({self.data.patches.crop}) is smaller than the discriminator's smallest input "
+                f"({need} px for train.adversarial.discriminator.n_layers={d.n_layers}): raise the crop or lower n_layers"
+            )
+        return self
+
     def digest(self) -> str:
         """A short stable hash of the whole configuration."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
