@@ -221,3 +221,31 @@ def test_bad_vessel_mask_rejects_that_image_only_and_16bit_photos_work(tmp_path)
     row = df.set_index("id").loc["im4"]
     ref, _, _, _ = preprocess_image(generate_phantom(160, seed=4).image, 128)
     assert np.abs(read_image(row.path).astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_split_keeps_both_eyes_of_a_patient_together():
+    from retina_sr.config import SplitConfig
+
+    pattern = SplitConfig().group_pattern
+    ids = [f"{i}_{eye}" for i in range(10, 30) for eye in ("left", "right")]
+    ids += [f"Image_{i:02d}{eye}" for i in range(1, 8) for eye in "LR"] + ["01_h", "02_g", "phantom_000"]
+    splits = assign_splits(ids, 0.15, 0.15, 42, pattern)
+    assert set(splits) == set(ids) and set(splits.values()) == {"train", "val", "test"}
+    for i in range(10, 30):
+        assert splits[f"{i}_left"] == splits[f"{i}_right"], i
+    for i in range(1, 8):
+        assert splits[f"Image_{i:02d}L"] == splits[f"Image_{i:02d}R"], i
+    # by image (pattern off), the eyes of some patient are separated with this seed
+    by_image = assign_splits(ids, 0.15, 0.15, 42, None)
+    assert any(by_image[f"{i}_left"] != by_image[f"{i}_right"] for i in range(10, 30))
+    # fewer than 3 patients cannot fill three splits, however many images
+    with pytest.raises(TooFewImagesError, match="3 patients"):
+        assign_splits(["1_left", "1_right", "2_left", "2_right"], 0.15, 0.15, 0, pattern)
+
+
+@pytest.mark.parametrize("bad", ["(unclosed", "no_group_\\d+"])
+def test_split_group_pattern_is_validated(bad):
+    from retina_sr.config import ConfigError, params_from_dict
+
+    with pytest.raises(ConfigError, match="data.split.group_pattern"):
+        params_from_dict({"data": {"split": {"group_pattern": bad}}})

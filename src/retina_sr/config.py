@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,8 +78,27 @@ class KaggleSource(_Section):
 
 
 class SplitConfig(_Section):
+    """Deterministic train/val/test split by patient (both eyes of one person in the same split)."""
+
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, ge=0, lt=1)
+    group_pattern: str | None = Field(
+        r"(?:Image_)?(\d+)(?:_left|_right|L|R)",
+        description="regex (full match on the image id) whose first capture group names the patient; ids "
+        "that do not match are their own group. Default: EyePACS '10_left'/'10_right', CHASE_DB1 "
+        "'Image_01L'/'Image_01R'. null = split by image",
+    )
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                if re.compile(v).groups < 1:
+                    raise ValueError("needs a capture group, e.g. '(\\d+)_(?:left|right)'")
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression ({err})") from None
+        return v
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:

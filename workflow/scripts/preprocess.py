@@ -14,6 +14,7 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         df, rejects = preprocess_dataset(size=d.size, val=d.split.val, test=d.split.test, seed=params.seed,
+                                         group_pattern=d.split.group_pattern,
                                          workers=min(d.workers, args.threads) if args.threads else d.workers)
     except (TooFewImagesError, FileNotFoundError, ValueError) as err:
         print(f"preprocess: error: {err}")

@@ -14,6 +14,7 @@ Unusable images never stop the stage: they are listed with the reason in
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -173,12 +174,29 @@ def _process(job: _Job) -> dict:
     }
 
 
-def assign_splits(ids: list[str], val: float, test: float, seed: int) -> dict[str, str]:
-    """Seeded split by image: at least one image in each of train/val/test (needs >= 3 ids)."""
-    n = len(ids)
+def patient_key(image_id: str, group_pattern: str | None) -> str:
+    """The group an image belongs to: the first matching capture group of ``group_pattern`` (e.g. the
+    patient number of EyePACS ``10_left``/``10_right`` or CHASE_DB1 ``Image_01L``/``Image_01R``), else the id."""
+    if group_pattern:
+        m = re.fullmatch(group_pattern, image_id)
+        if m:
+            key = next((g for g in m.groups() if g is not None), None)
+            if key is not None:
+                return key
+    return image_id
+
+
+def assign_splits(ids: list[str], val: float, test: float, seed: int, group_pattern: str | None = None) -> dict[str, str]:
+    """Seeded split by patient (images grouped by :func:`patient_key`; by image when nothing matches):
+    both eyes of one patient always land in the same split. At least one group per split (needs >= 3)."""
+    groups: dict[str, list[str]] = {}
+    for i in sorted(ids):
+        groups.setdefault(patient_key(i, group_pattern), []).append(i)
+    n = len(groups)
     if n < 3:
-        raise TooFewImagesError(f"{n} usable image(s): at least 3 are needed (one per train/val/test split)")
-    order = np.random.default_rng(seed).permutation(sorted(ids))
+        raise TooFewImagesError(f"{len(ids)} usable image(s) from {n} patient(s): at least 3 patients are needed "
+                                "(one per train/val/test split)")
+    order = np.random.default_rng(seed).permutation(sorted(groups))
     n_test = max(1, int(round(test * n)))
     n_val = max(1, int(round(val * n)))
     while n_test + n_val > n - 1:
@@ -188,7 +206,9 @@ def assign_splits(ids: list[str], val: float, test: float, seed: int) -> dict[st
             n_test -= 1
     out = {}
     for i, k in enumerate(order):
-        out[str(k)] = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
+        split = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
+        for image_id in groups[str(k)]:
+            out[image_id] = split
     return out
 
 
@@ -222,7 +242,7 @@ def _worker_init() -> None:
 def preprocess_dataset(
     raw_manifest: str | Path = paths.RAW_MANIFEST, out_dir: str | Path = paths.PROCESSED, *,
     size: int = 512, val: float = 0.15, test: float = 0.15, seed: int = 42, workers: int = 2,
-    progress: bool = True,
+    progress: bool = True, group_pattern: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the stage: returns (processed manifest, rejects) and writes both CSVs into ``out_dir``.
 
@@ -252,7 +272,7 @@ def preprocess_dataset(
             f"only {len(ok)} usable image(s) after preprocessing ({len(rejects)} rejected, see "
             f"{out_dir / 'rejects.csv'}): at least 3 are needed (one per split). Rejected: {lines}"
         )
-    splits = assign_splits([r["id"] for r in ok], val, test, seed)
+    splits = assign_splits([r["id"] for r in ok], val, test, seed, group_pattern)
     for r in ok:
         r["split"] = splits[r["id"]]
     df = pd.DataFrame(ok, columns=PROCESSED_COLUMNS).sort_values("id").reset_index(drop=True)
