@@ -62,13 +62,18 @@ def test_pipeline_in_process(tmp_path, monkeypatch):
     assert Path("data/patches/test_x4.npz").is_file()
 
 
-def test_folder_source_with_masks(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    src = tmp_path / "photos"
-    for i in range(3):
+def _phantom_folder(src: Path, n: int, mask_suffix: str, mask: str) -> Path:
+    """``n`` phantom photos ``im<i>.jpg`` with their ``vessels`` or ``fov`` mask as ``im<i><mask_suffix>``."""
+    for i in range(n):
         ph = generate_phantom(128, seed=i)
         write_image(src / f"im{i}.jpg", ph.image)
-        write_image(src / f"im{i}_1stHO.png", ph.vessels)
+        write_image(src / f"im{i}{mask_suffix}", getattr(ph, mask))
+    return src
+
+
+def test_folder_source_with_masks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src = _phantom_folder(tmp_path / "photos", 3, "_1stHO.png", "vessels")
     p = params_from_dict({"data": {"source": "folder", "n_images": 3,
                                    "folder": {"path": str(src), "mask_pattern": "{stem}_1stHO.png"}}})
     df = run_download(p)
@@ -81,11 +86,7 @@ def test_folder_fov_masks_beside_images_are_not_images(tmp_path, monkeypatch):
     """FOV masks in the image folder are neither taken as images nor counted against n_images, and
     only the selected images are linked into data/raw (a DVC output)."""
     monkeypatch.chdir(tmp_path)
-    src = tmp_path / "photos"
-    for i in range(4):
-        ph = generate_phantom(128, seed=i)
-        write_image(src / f"im{i}.jpg", ph.image)
-        write_image(src / f"im{i}_mask.png", ph.fov)
+    src = _phantom_folder(tmp_path / "photos", 4, "_mask.png", "fov")
     p = params_from_dict({"data": {"source": "folder", "n_images": 3,
                                    "folder": {"path": str(src), "fov_mask_pattern": "{stem}_mask.png"}}})
     df = run_download(p)
