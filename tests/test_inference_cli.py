@@ -82,7 +82,7 @@ def test_zoom_folder_mirrors_names(tmp_path, ckpt, capsys):
     assert read_image(out / "sub" / "b.jpg").shape == (32, 40, 3)
     # an unreadable image is reported by name and makes the exit code non-zero; the others still run
     (src / "broken.png").write_bytes(b"\x89PNG not really")
-    assert main(["zoom", str(src), "--model", str(ckpt), "--zoom", "2", "--out", str(out)]) == 1
+    assert main(["zoom", str(src), "--model", str(ckpt), "--zoom", "2", "--out", str(out), "--overwrite"]) == 1
     assert "broken.png" in capsys.readouterr().err
 
 
@@ -112,6 +112,20 @@ def test_video_api_with_roi(tmp_path, ckpt):
     src = _video(tmp_path / "clip.avi", frames=4)
     rep = enhance_video(enh, src, tmp_path / "o.mp4", zoom=1.5, roi=(8, 8, 32, 24), progress=False, queue_size=1)
     assert rep.frames == 4 and rep.out_size == (48, 36) and rep.realtime == (rep.achieved_fps >= rep.input_fps)
+
+
+def test_video_api_refuses_its_input_as_output(tmp_path):
+    from retina_sr.inference.enhancer import BaseEnhancer
+
+    class Same(BaseEnhancer):  # zoom 1, identity
+        def _forward(self, x, n_up):
+            return x
+
+    src = _video(tmp_path / "clip.mp4", frames=2)
+    before = src.read_bytes()
+    with pytest.raises(VideoReadError, match="is the input video"):
+        enhance_video(Same(), src, tmp_path / "." / "clip.mp4", zoom=1, progress=False)
+    assert src.read_bytes() == before
 
 
 def test_unreadable_video(tmp_path, ckpt, capsys):
@@ -254,3 +268,198 @@ def test_bench_cuda_fast_path_warms_up_past_cuda_graph_capture(monkeypatch):
                           log=lambda s: None)
     assert [r["backend"] for r in res["rows"]] == ["cuda eager fp32", "cuda bfloat16+compile"]
     assert calls[0] >= 1 and calls[1] >= 3  # warm-up, graph capture, then the first replay
+
+
+# ------------------------------------------------ issue #8: never lose or corrupt data; clear messages
+def _zoom(*args: str) -> list[str]:
+    return ["zoom", *map(str, args), "--device", "cpu"]
+
+
+def _one_line_error(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("retina-sr zoom: error: "), err
+    assert ".py" not in err and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_zoom_refuses_to_write_over_its_input(tmp_path, ckpt, capsys, monkeypatch):
+    """Output = input (same path, ./, symlink, hard link; folder or inside it; the video) is refused
+    before the model is even loaded (a missing --model shows it), and the input is untouched."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(20, 24))
+    os.symlink(src, tmp_path / "link.png")
+    os.link(src, tmp_path / "hard.png")
+    before = src.read_bytes()
+    for out in (src, "./eye.png", tmp_path / "link.png", tmp_path / "hard.png"):
+        assert main(_zoom(src, "--model", "no-such-model.pt", "--out", out, "--overwrite")) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert "is the input" in line and "no-such-model" not in line
+    folder = tmp_path / "photos"
+    write_image(folder / "a.png", _rgb(20, 24, 1))
+    for out in (folder, f"{folder}/./", folder / "zoomed"):
+        assert main(_zoom(folder, "--model", "no-such-model.pt", "--out", out, "--overwrite")) == 2
+        assert "input folder" in _one_line_error(capsys.readouterr().err)
+    video = _video(tmp_path / "clip.mp4", frames=2)
+    assert main(_zoom(video, "--model", "no-such-model.pt", "--out", "clip.mp4", "--overwrite")) == 2
+    assert "is the input" in _one_line_error(capsys.readouterr().err)
+    assert src.read_bytes() == before and probe_video(video)[1] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_zoom_replaces_an_existing_output_only_with_overwrite(tmp_path, ckpt, capsys):
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(20, 24))
+    out = tmp_path / "eye_x2.png"
+    out.write_bytes(b"precious")
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2")) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "eye_x2.png" in line and "--overwrite" in line and out.read_bytes() == b"precious"
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--overwrite")) == 0
+    assert read_image(out).shape == (40, 48, 3)
+    # folder: the outputs that exist are counted up front; nothing is written
+    folder, dst = tmp_path / "in", tmp_path / "zoomed"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_image(folder / name, _rgb(12, 16, i))
+    (dst / "b.png").parent.mkdir()
+    (dst / "b.png").write_bytes(b"precious")
+    assert main(_zoom(folder, "--model", ckpt, "--zoom", "2", "--out", dst)) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "1 of 3 output files already exist" in line and "b.png" in line and "--overwrite" in line
+    assert sorted(p.name for p in dst.iterdir()) == ["b.png"] and (dst / "b.png").read_bytes() == b"precious"
+    assert main(_zoom(folder, "--model", ckpt, "--zoom", "2", "--out", dst, "--overwrite")) == 0
+    assert read_image(dst / "b.png").shape == (24, 32, 3)
+
+
+def test_zoom_checks_out_before_inference(tmp_path, ckpt, capsys):
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(20, 24))
+    assert main(_zoom(src, "--model", "no-such-model.pt", "--out", tmp_path / "x.xyz")) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "x.xyz" in line and ".png" in line and "no-such-model" not in line
+    video = _video(tmp_path / "clip.mp4", frames=2)
+    assert main(_zoom(video, "--model", "no-such-model.pt", "--out", tmp_path / "clip.png")) == 2
+    assert ".mp4" in _one_line_error(capsys.readouterr().err)
+    # an existing folder as --out for one image: <folder>/<stem>_x<zoom>.png (as Real-ESRGAN does)
+    (tmp_path / "results").mkdir()
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--out", tmp_path / "results")) == 0
+    assert read_image(tmp_path / "results" / "eye_x2.png").shape == (40, 48, 3)
+    # a file as --out for a folder
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", _rgb(12, 16))
+    assert main(_zoom(folder, "--model", "no-such-model.pt", "--out", src)) == 2
+    assert "not a folder" in _one_line_error(capsys.readouterr().err)
+
+
+def test_zoom_folder_goes_on_after_a_failed_image(tmp_path, ckpt, capsys, monkeypatch):
+    """Out of memory on one image, a broken file: the rest are written, a summary is printed, exit 1."""
+    from retina_sr.inference.enhancer import BaseEnhancer
+
+    real = BaseEnhancer.enhance
+
+    def flaky(self, image, zoom, **kw):
+        if image.shape[:2] == (30, 30):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        if image.shape[:2] == (31, 31):
+            raise MemoryError()
+        return real(self, image, zoom, **kw)
+
+    monkeypatch.setattr(BaseEnhancer, "enhance", flaky)
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "a.png", _rgb(12, 16, 1))
+    write_image(src / "big.png", _rgb(30, 30, 2))
+    write_image(src / "huge.png", _rgb(31, 31, 3))
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    write_image(src / "z.png", _rgb(12, 16, 4))
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--out", out, "--quiet")) == 1
+    cap = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "z.png"]
+    assert "2 ok, 3 failed of 5 images" in cap.out
+    err = cap.err
+    assert "big.png: out of memory" in err and "huge.png: out of memory" in err and "--tile" in err
+    assert "broken.png: not a readable image" in err and "Traceback" not in err
+
+
+def test_zoom_refuses_non_finite_model_output(tmp_path, capsys):
+    cfg = ModelConfig(features=4, depth=1)
+    model = build_model(cfg, levels=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    bad = tmp_path / "nan.pt"
+    save_model(bad, model, {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "l1"})
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(20, 24))
+    assert main(_zoom(src, "--model", bad, "--zoom", "2")) == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert "nan.pt" in line and "NaN" in line and "eye.png" in line
+    assert not (tmp_path / "eye_x2.png").exists()
+
+
+def test_zoom_keeps_16_bit(tmp_path, ckpt, capsys):
+    deep = (_rgb(20, 24).astype(np.uint16) * 257 + 100).clip(0, 65535).astype(np.uint16)
+    src = tmp_path / "deep.png"
+    write_image(src, deep)
+    for ext in (".png", ".tif"):
+        out = tmp_path / f"deep_x2{ext}"
+        assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--out", out)) == 0
+        res = read_image(out, keep_16bit=True)
+        assert res.dtype == np.uint16 and res.shape == (40, 48, 3) and (res % 257 != 0).any()
+    capsys.readouterr()
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--out", tmp_path / "deep_x2.jpg")) == 0
+    err = capsys.readouterr().err
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
+    assert len(warn) == 1 and "deep_x2.jpg" in warn[0] and "8-bit" in warn[0] and ".py" not in err
+    assert read_image(tmp_path / "deep_x2.jpg").dtype == np.uint8
+
+
+def test_zoom_applies_exif_orientation(tmp_path, ckpt):
+    import io as _io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    buf = _io.BytesIO()
+    Image.fromarray(_rgb(20, 32)).save(buf, "JPEG", exif=exif.tobytes())
+    src = tmp_path / "phone.jpg"
+    src.write_bytes(buf.getvalue())
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2")) == 0
+    assert read_image(tmp_path / "phone_x2.png").shape == (64, 40, 3)
+
+
+def test_zoom_pickled_module_is_a_one_line_error(tmp_path, capsys):
+    """A file holding a pickled module (not a state dict) names the file; PyTorch's advice to load
+    it with weights_only=False (arbitrary code execution) is never shown."""
+    full = tmp_path / "full_model.pt"
+    torch.save(build_model(ModelConfig(features=4, depth=1), levels=3), full)
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(16, 16))
+    for model in (full, tmp_path / "garbage.pt"):
+        if model.name == "garbage.pt":
+            model.write_bytes(b"nope")
+        assert main(_zoom(src, "--model", model)) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert model.name in line and "weights_only" not in line
+    assert main(_zoom(src, "--model", full)) == 2
+    assert "LapSRN" in capsys.readouterr().err
+
+
+def test_zoom_tiled_image_shows_progress(tmp_path, ckpt, capsys):
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(30, 40))
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--tile", "16", "--overlap", "4")) == 0
+    assert "9/9" in capsys.readouterr().err  # 3 x 3 tiles
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--tile", "16", "--overlap", "4", "--overwrite",
+                      "--quiet")) == 0
+    assert "9/9" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is visible")
+def test_zoom_cuda_without_gpu_is_a_usage_error(tmp_path, capsys):
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(16, 16))
+    assert main(["zoom", str(src), "--model", "no-such-model.pt", "--device", "cuda"]) == 2
+    assert "--device" in _one_line_error(capsys.readouterr().err)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["InputError", "ZoomError", "InputSpec", "to_tensor", "from_tensor", "check_zoom", "levels_for_zoom"]
+__all__ = ["InputError", "ZoomError", "NonFiniteOutputError", "InputSpec", "to_tensor", "from_tensor", "check_zoom",
+           "levels_for_zoom"]
 
 
 class InputError(ValueError):
@@ -32,6 +33,10 @@ class InputError(ValueError):
 
 class ZoomError(ValueError):
     """A zoom factor is outside what the model (or the exported ONNX graph) can produce."""
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN values (corrupt weights, or a reduced-precision overflow)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,9 @@ def from_tensor(t: torch.Tensor, spec: InputSpec) -> np.ndarray | torch.Tensor:
         t = t.to(device=spec.device, dtype=spec.dtype)
         return t if spec.batched else t[0]
     a = t[0].detach().float().cpu().numpy().transpose(1, 2, 0)
+    if not np.isfinite(a.sum()):  # NaN survives the clamp and would quantise to black
+        raise NonFiniteOutputError("the model's output holds NaN values (its weights are NaN/inf, or the "
+                                   "bf16/fp16 fast path overflowed); use another checkpoint or run without --fast")
     if spec.gray:
         a = a.mean(axis=2, keepdims=spec.keep_channel_axis)
     return to_dtype(a, spec.dtype)

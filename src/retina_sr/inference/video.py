@@ -11,6 +11,7 @@ in real time.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
@@ -97,6 +98,8 @@ def enhance_video(
 
     src, dst = Path(src), Path(dst)
     fps, count, _, _ = probe_video(src)
+    if dst.exists() and os.path.samefile(src, dst):  # the encoder would truncate the file being decoded
+        raise VideoReadError(f"{dst}: is the input video itself; write the result to another file")
     if not (math.isfinite(fps) and fps > 0):
         import warnings
 

@@ -13,6 +13,7 @@ Training-resume state (optimizer, scheduler, RNG) lives in the trainer's own ``l
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a retina-sr checkpoint ({type(err).__name__}: {err})") from None
+        raise _load_error(path, err) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not in the {FORMAT} format (expected a dict with 'format', 'state_dict', 'meta')")
     meta = ckpt.get("meta")
@@ -57,6 +58,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is incomplete: it needs a 'state_dict' dict and meta keys "
                               f"'model' and 'levels' (missing: {missing or ['state_dict']}); save it with save_model")
     return ckpt
+
+
+def _load_error(path: Path, err: Exception) -> CheckpointError:
+    """One line naming the file. PyTorch's own message advises loading with ``weights_only=False``,
+    which runs arbitrary code from the file: never pass that on."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return CheckpointError(f"checkpoint {path} is not a retina-sr checkpoint: it holds a pickled Python object "
+                               f"({found[1]}), not only tensors; save the weights with "
+                               "retina_sr.models.checkpoint.save_model")
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    reason = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if "weights_only" in reason or not reason:
+        reason = "unreadable"
+    return CheckpointError(f"checkpoint {path} is corrupt or not a retina-sr checkpoint "
+                           f"({type(err).__name__}: {reason}); check --model")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
