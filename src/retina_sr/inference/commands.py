@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -49,54 +51,204 @@ def _default_out(inp: Path, zoom: float, kind: str) -> Path:
     return inp.with_name(f"{inp.stem}_{tag}.png")
 
 
-def _zoom(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file or folder (symlinks, hard links, ``./``, case on case-insensitive disks)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
-    from ..data.io import IMAGE_EXTENSIONS, read_image, write_image
-    from ..runtime import set_threads
-    from .video import VIDEO_EXTENSIONS, enhance_video
 
-    threads = set_threads(args.threads)
-    inp = Path(args.input)
+def _input_kind(inp: Path) -> str:
+    from ..data.io import IMAGE_EXTENSIONS
+    from .video import VIDEO_EXTENSIONS
+
     if not inp.exists():
         raise FileNotFoundError(f"{inp}: input not found (an image, a folder of images or a video)")
     kind = "folder" if inp.is_dir() else "video" if inp.suffix.lower() in VIDEO_EXTENSIONS else "image"
     if kind == "image" and inp.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(f"{inp}: unknown file type {inp.suffix!r}; images: {', '.join(IMAGE_EXTENSIONS)}; "
                          f"videos: {', '.join(VIDEO_EXTENSIONS)}")
+    return kind
+
+
+def _file_out(inp: Path, kind: str, args: argparse.Namespace) -> Path:
+    """The output of one image or video, checked before any work: extension, not the input, not an
+    existing file unless --overwrite. An existing folder (or a path ending in /) gets the default name."""
+    from ..data.io import IMAGE_EXTENSIONS
+    from .video import VIDEO_EXTENSIONS
+
+    default = _default_out(inp, args.zoom, kind)
+    out = Path(args.out) if args.out else default
+    if args.out and (out.is_dir() or args.out.endswith(("/", os.sep))):
+        out = out / default.name
+    exts = IMAGE_EXTENSIONS if kind == "image" else VIDEO_EXTENSIONS
+    if out.suffix.lower() not in exts:
+        raise ValueError(f"{out}: cannot write {kind}s with extension {out.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(exts)}")
+    if _same_file(inp, out):
+        raise ValueError(f"{out}: is the input {kind} itself; choose another --out (nothing was written)")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out}: already exists; pass --overwrite to replace it, or choose another --out")
+    return out
+
+
+def _folder_plan(inp: Path, args: argparse.Namespace) -> tuple[Path, list[tuple[Path, Path]]]:
+    """``(out folder, [(image, output), ...])``, checked before any work (see :func:`_file_out`)."""
+    from ..data.io import IMAGE_EXTENSIONS
+
+    out = Path(args.out) if args.out else _default_out(inp, args.zoom, "folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder; give a folder as --out for a folder of images")
+    if any(_same_file(inp, p) for p in (out, *out.absolute().parents)):
+        raise ValueError(f"{out}: is the input folder or inside it, where outputs would mix with or replace "
+                         f"the originals; choose an --out outside {inp}")
+    files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{inp}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    pairs = [(f, out / f.relative_to(inp)) for f in files]
+    existing = [o for _, o in pairs if o.exists()]
+    inputs = {os.stat(f)[1:3] for f in files}  # (inode, device)
+    for o in existing:
+        if os.stat(o)[1:3] in inputs:
+            raise ValueError(f"{o}: is one of the input images; choose an --out that holds no inputs")
+    if existing and not args.overwrite:
+        raise ValueError(f"{out}: {len(existing)} of {len(pairs)} output files already exist (e.g. "
+                         f"{existing[0].relative_to(out)}); pass --overwrite to replace them, or choose another --out")
+    return out, pairs
+
+
+def _check_device(device: str, model: str = "", onnx: bool = False) -> None:
+    if device == "cuda" and not (onnx or model.endswith(".onnx")):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible; use --device auto or --device cpu")
+
+
+def _oom(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
+def _reason(err: BaseException, src: Path) -> str:
+    """One line for a failed image (the path is printed before it)."""
+    text = (str(err).strip().splitlines() or [""])[0].removeprefix(f"{src}: ")
+    if _oom(err) and not text.startswith("out of memory"):
+        return f"out of memory ({text or type(err).__name__}); try --tile 512 (or a smaller tile)"
+    return text or type(err).__name__
+
+
+def _enhance_file(enh, src: Path, dst: Path, args: argparse.Namespace, kw: dict, progress=None):
+    """Read, enhance, write one image (16 bit kept); ``(input, result)``. Errors name the file."""
+    from ..data.io import read_image, write_image
+    from .image import NonFiniteOutputError
+
+    img = read_image(src, allow_gray=True, keep_16bit=True)
+    try:
+        res = enh.enhance(img, args.zoom, progress=progress, **kw)
+    except NonFiniteOutputError as err:
+        raise NonFiniteOutputError(f"{args.model}: {err} (input {src}, nothing written)") from None
+    except (MemoryError, RuntimeError) as err:
+        if not _oom(err):
+            raise
+        raise MemoryError(f"{src}: {_reason(err, src)}") from None
+    write_image(dst, res)
+    return img, res
+
+
+@contextlib.contextmanager
+def _tile_bar(desc: str, enabled: bool):
+    """A ``(done, total)`` callback that draws a tqdm bar on stderr once a tiled run starts."""
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def update(done: int, total: int) -> None:
+        if enabled and not bars and total > 1:
+            bars.append(tqdm(total=total, unit="tile", desc=desc, file=sys.stderr))
+        if bars:
+            bars[0].update(done - bars[0].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def _zoom(args: argparse.Namespace) -> int:
+    from ..runtime import set_threads
+
+    inp = Path(args.input)
+    kind = _input_kind(inp)
     roi = parse_roi(args.roi)
-    out = Path(args.out) if args.out else _default_out(inp, args.zoom, kind)
+    if args.model is None:
+        from ..models.bundled import default_model_name
+
+        args.model = default_model_name()  # shipped with the package, sha256-checked when loaded
+    _check_device(args.device, args.model, args.onnx)
+    if kind == "folder":  # every path is checked before the model is loaded
+        out, pairs = _folder_plan(inp, args)
+    else:
+        out = _file_out(inp, kind, args)
+    threads = set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="retina-sr-onnx-") as work:
         enh = load_enhancer(args.model, args.zoom, args.device, args.onnx, args.fast, threads, work,
                             compile=False if args.no_compile else None)
         kw = {"roi": roi, "tile": args.tile, "overlap": args.overlap}
         if kind == "image":
-            img = read_image(inp, allow_gray=True)
-            res = enh.enhance(img, args.zoom, **kw)
-            write_image(out, res)
+            with _tile_bar(inp.name, not args.quiet) as bar:
+                img, res = _enhance_file(enh, inp, out, args, kw, bar)
             print(f"{inp} ({img.shape[1]}x{img.shape[0]}) -> {out} ({res.shape[1]}x{res.shape[0]}), "
                   f"zoom {args.zoom:g}, {enh.mode}")
             return 0
         if kind == "folder":
-            files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                raise FileNotFoundError(f"{inp}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-            failed: list[str] = []
-            for f in tqdm(files, unit="image", desc=inp.name):
-                try:
-                    res = enh.enhance(read_image(f, allow_gray=True), args.zoom, **kw)
-                    write_image(out / f.relative_to(inp), res)
-                except ValueError as err:  # unreadable image, ROI outside this image, ...
-                    failed.append(f"{f}: {err}")
-            print(f"{len(files) - len(failed)}/{len(files)} images -> {out} (zoom {args.zoom:g}, {enh.mode})")
-            for line in failed:
-                print(f"  failed: {line}", file=sys.stderr)
-            return 1 if failed else 0
-        report = enhance_video(enh, inp, out, args.zoom, progress=not args.quiet, queue_size=args.queue, **kw)
-        print(report.summary())
-        if args.report:
-            Path(args.report).write_text(json.dumps(report.as_dict(), indent=2))
-        return 0
+            return _zoom_folder(enh, inp, out, pairs, args, kw)
+        return _zoom_video(enh, inp, out, args, kw)
+
+
+def _zoom_folder(enh, inp: Path, out: Path, pairs: list[tuple[Path, Path]], args: argparse.Namespace,
+                 kw: dict) -> int:
+    """Every image is tried (a failure is recorded, not fatal); the summary is printed even on Ctrl-C."""
+    from tqdm import tqdm
+
+    failed: list[str] = []
+    ok = 0
+    try:
+        for src, dst in tqdm(pairs, unit="image", desc=inp.name, disable=args.quiet):
+            try:
+                _enhance_file(enh, src, dst, args, kw)
+                ok += 1
+            except (ValueError, RuntimeError, MemoryError, OSError) as err:  # unreadable, ROI outside, OOM, ...
+                failed.append(f"{src}: {_reason(err, src)}")
+    finally:
+        rest = len(pairs) - ok - len(failed)
+        print(f"{ok} ok, {len(failed)} failed of {len(pairs)} images -> {out} (zoom {args.zoom:g}, {enh.mode})"
+              + (f"; {rest} not done (interrupted)" if rest else ""))
+        for line in failed:
+            print(f"  failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _zoom_video(enh, inp: Path, out: Path, args: argparse.Namespace, kw: dict) -> int:
+    """Encoded to a hidden partial file renamed at the end: a failure leaves no half video and keeps
+    an old output (--overwrite) intact."""
+    from .image import NonFiniteOutputError
+    from .video import enhance_video
+
+    part = out.with_name(f".{out.stem}.partial{out.suffix}")
+    try:
+        report = enhance_video(enh, inp, part, args.zoom, progress=not args.quiet, queue_size=args.queue, **kw)
+        os.replace(part, out)
+    except NonFiniteOutputError as err:
+        raise NonFiniteOutputError(f"{args.model}: {err} (input {inp}, nothing written)") from None
+    finally:
+        part.unlink(missing_ok=True)
+    report.output = str(out)
+    print(report.summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2))
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -121,6 +273,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ..runtime import pick_device, set_threads
     from .bench import find_models, format_table, parse_arch, parse_sizes, run_bench
 
+    _check_device(args.device)
     set_threads(args.threads)
     dev = pick_device(args.device)
     models = list(args.model or [])
@@ -150,11 +303,16 @@ def register(sub) -> None:
                        description="Digital zoom with the trained LapSRN: an image, a folder (names mirrored "
                        "into --out) or a video (streamed: decode, inference and encode overlap).")
     z.add_argument("input", help="image file, folder of images, or video file (.mp4, .avi, ...)")
-    z.add_argument("--model", required=True,
-                   help="checkpoint (models/l1/model.pt), MLflow URI (runs:/<id>/model.pt, models:/<name>/<v>) or .onnx file")
+    z.add_argument("--model", default=None,
+                   help="bundled model name (`retina-sr models`; default: the bundled default model), checkpoint "
+                   "(models/l1/model.pt), MLflow URI (runs:/<id>/model.pt, models:/<name>/<v>) or .onnx file")
     z.add_argument("--zoom", type=float, default=4.0, help="zoom factor in [1, model max], e.g. 1.5, 2, 3, 4, 8 (default 4)")
     z.add_argument("--roi", default=None, help="only enhance this region: x,y,width,height in input pixels")
-    z.add_argument("--out", default=None, help="output file or folder (default: next to the input, suffix _x<zoom>)")
+    z.add_argument("--out", default=None,
+                   help="output file or folder (default: next to the input, suffix _x<zoom>); for an image or "
+                   "video, an existing folder (or a path ending in /) gets <stem>_x<zoom>.png/.mp4 inside")
+    z.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (the input itself is never replaced)")
     z.add_argument("--tile", type=int, default=None, help="tiled inference with this tile side (input pixels)")
     z.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels (default 32)")
     z.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -164,7 +322,7 @@ def register(sub) -> None:
     z.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     z.add_argument("--queue", type=int, default=8, help="video: frames buffered between decode/infer/encode")
     z.add_argument("--report", default=None, help="video: write the FPS report as JSON here")
-    z.add_argument("--quiet", action="store_true", help="no progress bar")
+    z.add_argument("--quiet", action="store_true", help="no progress bars")
     z.set_defaults(func=_zoom)
 
     e = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (dynamic height/width) for a zoom")

@@ -226,7 +226,8 @@ def fast_dtype() -> torch.dtype:
 
 
 def resolve_checkpoint(source: str | os.PathLike, tracking_uri: str | None = None) -> Path:
-    """A local ``model.pt`` for a path or an MLflow ``runs:/...`` / ``models:/...`` URI.
+    """A local ``model.pt`` for a path, a bundled model's name (``retina-sr models``) or an MLflow
+    ``runs:/...`` / ``models:/...`` URI.
 
     URIs are downloaded with :func:`mlflow.artifacts.download_artifacts` from ``tracking_uri``
     (default: ``MLFLOW_TRACKING_URI``, else the project's ``sqlite:///mlflow.db``). A downloaded
@@ -234,6 +235,10 @@ def resolve_checkpoint(source: str | os.PathLike, tracking_uri: str | None = Non
     """
     s = os.fspath(source)
     if not s.startswith(("runs:/", "models:/")):
+        from ..models.bundled import bundled_checkpoint, is_bundled_name
+
+        if not Path(s).exists() and is_bundled_name(s):
+            return bundled_checkpoint(s)  # a model shipped with the package, sha256-checked
         return Path(s)
     import mlflow
 
