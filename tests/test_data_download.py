@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from retina_sr.config import params_from_dict
+from retina_sr.config import ConfigError, params_from_dict
 from retina_sr.data.download import RAW_COLUMNS, run_download
 from retina_sr.data.io import read_image, read_mask, write_image
 from retina_sr.data.patches import run_patches
@@ -93,10 +93,97 @@ def test_folder_fov_masks_beside_images_are_not_images(tmp_path, monkeypatch):
     assert df["id"].tolist() == ["im0", "im1", "im2"]
     assert all(Path(f).is_file() for f in df["fov_mask"])
     assert sorted(f.name for f in Path("data/raw").glob("*.jpg")) == ["im0.jpg", "im1.jpg", "im2.jpg"]
-    # a rerun leaves no stale mask of another format behind (data/raw is a DVC output)
-    Path("data/raw/masks/old_fov.gif").write_bytes(b"GIF89a")
-    run_download(p)
+
+
+def test_rerun_removes_its_stale_masks_of_another_format(tmp_path, monkeypatch):
+    """A rerun removes what the last run wrote (its manifest lists it), e.g. DRIVE-style .gif masks
+    replaced by .png ones: no stale file survives in data/raw (a DVC output)."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    src = _phantom_folder(tmp_path / "photos", 3, "_mask.png", "fov")
+    (tmp_path / "gif").mkdir()
+    (tmp_path / "png").mkdir()
+    for i in range(3):
+        (src / f"im{i}_mask.png").rename(tmp_path / "png" / f"im{i}_mask.png")
+        fov = generate_phantom(128, seed=i).fov.astype(np.uint8) * 255
+        Image.fromarray(fov).save(tmp_path / "gif" / f"im{i}_mask.gif")
+    cfg = {"path": str(src), "fov_mask_dir": str(tmp_path / "gif"), "fov_mask_pattern": "{stem}_mask.gif"}
+    run_download(params_from_dict({"data": {"source": "folder", "n_images": 3, "folder": cfg}}))
+    assert sorted(f.name for f in Path("data/raw/masks").iterdir()) == ["im0_fov.gif", "im1_fov.gif", "im2_fov.gif"]
+    cfg.update(fov_mask_dir=str(tmp_path / "png"), fov_mask_pattern="{stem}_mask.png")
+    run_download(params_from_dict({"data": {"source": "folder", "n_images": 3, "folder": cfg}}))
     assert sorted(f.name for f in Path("data/raw/masks").iterdir()) == ["im0_fov.png", "im1_fov.png", "im2_fov.png"]
+
+
+@pytest.mark.parametrize("folder", [
+    {"path": "data/raw/photos"},  # inside the download stage's own output
+    {"path": "data/raw"},  # equal to it: the clean-up used to delete every photograph there
+    {"path": "photos", "mask_dir": "data/raw/masks", "mask_pattern": "{stem}_mask.png"},
+    {"path": "models/photos"},  # inside another stage's output
+    {"path": "."},  # holds every output: they would be read as photographs
+])
+def test_folder_inside_a_stage_output_is_refused_before_touching_anything(tmp_path, monkeypatch, folder):
+    monkeypatch.chdir(tmp_path)
+    photo_dir = Path(folder["path"]) if folder["path"] != "." else Path("photos")
+    src = _phantom_folder(photo_dir, 3, "_mask.png", "fov")
+    if "mask_dir" in folder:
+        Path(folder["mask_dir"]).mkdir(parents=True)
+        for f in src.glob("*_mask.png"):
+            f.rename(Path(folder["mask_dir"]) / f.name)
+    before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+    p = params_from_dict({"data": {"source": "folder", "n_images": 3, "folder": folder}})
+    key = "mask_dir" if "mask_dir" in folder else "path"
+    with pytest.raises(ConfigError, match=rf"^data\.folder\.{key} [^;]+: .*; .*data\.folder\.{key}") as err:
+        run_download(p)
+    assert "\n" not in str(err.value)
+    assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before  # nothing touched
+
+
+def test_rerun_never_deletes_a_file_it_did_not_write(tmp_path, monkeypatch):
+    """Only what the last run recorded in its manifest is removed: a photograph or note put into
+    data/raw by hand survives a rerun; one in the way of an output stops the stage, intact."""
+    monkeypatch.chdir(tmp_path)
+    src = _phantom_folder(tmp_path / "photos", 3, "_mask.png", "fov")
+    p = params_from_dict({"data": {"source": "folder", "n_images": 3,
+                                   "folder": {"path": str(src), "fov_mask_pattern": "{stem}_mask.png"}}})
+    run_download(p)
+    mine = {Path("data/raw/my_photo.jpg"): b"\xff\xd8 mine", Path("data/raw/masks/my_mask.png"): b"mine",
+            Path("data/raw/notes/readme.txt"): b"notes"}
+    for f, b in mine.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b)
+    run_download(p)
+    run_download(params_from_dict(TINY))  # another source: the folder's outputs go, the user's files stay
+    assert all(f.read_bytes() == b for f, b in mine.items())
+    assert not Path("data/raw/im0.jpg").exists() and Path("data/raw/phantom_000.png").is_file()
+    blocker = Path("data/raw/im1.jpg")
+    blocker.write_bytes(b"someone else's photo")
+    with pytest.raises(FileExistsError, match=r"^data/raw/im1\.jpg: .*; move it"):
+        run_download(p)
+    assert blocker.read_bytes() == b"someone else's photo"
+
+
+def test_relative_symlinks_are_resolved_before_linking(tmp_path, monkeypatch):
+    """A relative symlink in the source folder is linked as the photograph it points to, not as a link
+    that, from data/raw, would point to a different photograph."""
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "photos" / "a", tmp_path / "photos" / "b"
+    _phantom_folder(a, 2, "_vessels.png", "vessels")
+    _phantom_folder(b, 1, "_vessels.png", "vessels")
+    (a / "im9.jpg").symlink_to(Path("..") / "b" / "im0.jpg")  # photos/a/im9.jpg -> photos/b/im0.jpg
+    (a / "im9_vessels.png").symlink_to(Path("..") / "b" / "im0_vessels.png")
+    (a / "im1_copy.jpg").symlink_to("im1.jpg")  # one photograph under two names: used once
+    Path("data/b").mkdir(parents=True)  # what '../b/im0.jpg' means from data/raw: another photograph
+    write_image("data/b/im0.jpg", generate_phantom(128, seed=7).image)
+    write_image("data/b/im0_vessels.png", generate_phantom(128, seed=7).vessels)
+    p = params_from_dict({"data": {"source": "folder", "n_images": 3,
+                                   "folder": {"path": str(a), "mask_pattern": "{stem}_vessels.png"}}})
+    df = run_download(p).set_index("id")
+    assert sorted(df.index) == ["im0", "im1", "im9"]
+    for col, f in (("path", "im0.jpg"), ("vessel_mask", "im0_vessels.png")):
+        linked = Path(df.loc["im9", col])
+        assert not linked.is_symlink() and linked.read_bytes() == (b / f).read_bytes(), col
 
 
 def test_folder_missing_is_clear(tmp_path):
@@ -134,3 +221,19 @@ def test_stage_scripts(tmp_path):
     r = subprocess.run([env_py, str(ROOT / "workflow" / "scripts" / "preprocess.py"), "--params", "params.yaml"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "rejected skimage_retina" in r.stdout
+
+
+def test_rerun_after_an_interrupted_run_replaces_only_identical_files(tmp_path, monkeypatch):
+    """No manifest (a run stopped before writing it): outputs with the bytes the stage would write are
+    replaced; a different file under an output's name stops the stage and is kept."""
+    monkeypatch.chdir(tmp_path)
+    p = params_from_dict(TINY)
+    run_download(p)
+    Path("data/raw/manifest.csv").unlink()
+    assert len(run_download(p)) == 4
+    Path("data/raw/manifest.csv").unlink()
+    Path("data/raw/phantom_001.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match=r"^data/raw/phantom_001\.png: .*; move it"):
+        run_download(p)
+    assert Path("data/raw/phantom_001.png").read_bytes() == b"mine"
+    assert not list(Path("data/raw").rglob(".new.*"))  # no temporary file left behind

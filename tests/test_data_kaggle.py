@@ -197,3 +197,107 @@ def test_fetch_is_one_thin_api_call(tmp_path):
     assert calls == [("diabetic-retinopathy-detection", "sample.zip", str(tmp_path), False, True)]
     kg.ensure_file(Api(), "diabetic-retinopathy-detection", "sample.zip", tmp_path)  # complete: skipped
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- hostile archives
+def _jpeg(seed: int) -> bytes:
+    return cv2.imencode(".jpeg", generate_phantom(96, seed=seed).image[..., ::-1])[1].tobytes()
+
+
+def _outside_photo(tmp: Path) -> Path:
+    """A local file (not in any archive) that an absolute member name points at."""
+    f = tmp / "elsewhere" / "666_left.jpeg"
+    f.parent.mkdir()
+    f.write_bytes(_jpeg(66))
+    return f
+
+
+def _assert_only_archive_photos(rows, raw: Path, outside: Path, capsys, *bad_members):
+    assert sorted(r["id"] for r in rows) == ["10_left", "10_right", "11_left"]
+    linked = {f.read_bytes() for f in raw.iterdir()}
+    assert outside.read_bytes() not in linked and len(linked) == 3
+    err = capsys.readouterr().out
+    for m in bad_members:
+        assert f"member {m!r}" in err and "skipped" in err, err
+
+
+def test_zip_members_with_absolute_or_parent_names_are_skipped(tmp_path, capsys):
+    """Members named '/abs/path.jpeg' or '../x.jpeg' are never joined to the extraction folder (an
+    absolute name replaces it: a local file would be linked into data/raw as a photograph)."""
+    srv = tmp_path / "server"
+    srv.mkdir()
+    outside = _outside_photo(tmp_path)
+    dotdot = tmp_path / "cache" / "extracted" / "667_left.jpeg"  # where 'sample/../../667_left.jpeg' points
+    dotdot.parent.mkdir(parents=True)
+    dotdot.write_bytes(_jpeg(67))
+    good = ["10_left", "10_right", "11_left"]
+    with zipfile.ZipFile(srv / "sample.zip", "w") as z:
+        for i, n in enumerate(good):
+            z.writestr(f"sample/{n}.jpeg", _jpeg(i))
+        z.writestr(str(outside), b"not the local file")
+        z.writestr("sample/../../667_left.jpeg", _jpeg(68))
+    _labels_zip(srv / "trainLabels.csv.zip", good + ["666_left", "667_left"])
+    p = _params(tmp_path, "sample", 5)
+    rows = kg.download_kaggle(p.data, tmp_path / "raw", p.seed, fetcher=FakeServer(srv))
+    _assert_only_archive_photos(rows, tmp_path / "raw", outside, capsys, str(outside), "sample/../../667_left.jpeg")
+    assert dotdot.read_bytes() == _jpeg(67)  # untouched, and (above) not linked
+
+
+def _patch_7z_name(data: bytes, old: str, new: str) -> bytes:
+    """Rename a member of a 7z archive written with a plain (not encoded) header, fixing its CRCs:
+    py7zr refuses to write absolute names, real archives from elsewhere need not."""
+    import struct
+    import zlib
+
+    assert len(old) == len(new)
+    buf = bytearray(data)
+    i = buf.index(old.encode("utf-16-le"))
+    buf[i:i + 2 * len(old)] = new.encode("utf-16-le")
+    off, size = struct.unpack("<QQ", buf[12:28])
+    buf[28:32] = struct.pack("<I", zlib.crc32(buf[32 + off:32 + off + size]))
+    buf[8:12] = struct.pack("<I", zlib.crc32(buf[12:32]))
+    return bytes(buf)
+
+
+def test_7z_member_with_absolute_name_is_skipped(tmp_path, capsys):
+    import py7zr
+
+    srv = tmp_path / "server"
+    srv.mkdir()
+    outside = _outside_photo(tmp_path)
+    good = ["10_left", "10_right", "11_left"]
+    placeholder = "train/" + "x" * (len(str(outside)) - len("train/.jpeg")) + ".jpeg"
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as z:
+        z.encoded_header_mode = False
+        for i, n in enumerate(good):
+            z.writestr(_jpeg(i), f"train/{n}.jpeg")
+        z.writestr(outside.read_bytes(), placeholder)  # same size: the old code would not even extract it
+    data = _patch_7z_name(buf.getvalue(), placeholder, str(outside))
+    step = -(-len(data) // 5)
+    for k in range(5):
+        (srv / f"train.zip.{k + 1:03d}").write_bytes(data[k * step:(k + 1) * step])
+    _labels_zip(srv / "trainLabels.csv.zip", good + ["666_left"])
+    p = _params(tmp_path, "train", 4, min_free_gb=0.0)
+    rows = kg.download_kaggle(p.data, tmp_path / "raw", p.seed, fetcher=FakeServer(srv))
+    _assert_only_archive_photos(rows, tmp_path / "raw", outside, capsys, str(outside))
+
+
+def test_extracted_member_linking_out_of_the_cache_is_refused(tmp_path):
+    """A member extracted as a link (7z can hold symlinks) to a file outside the extraction folder is
+    never linked into data/raw."""
+    srv = tmp_path / "server"
+    srv.mkdir()
+    outside = _outside_photo(tmp_path)
+    good = ["10_left", "10_right", "11_left"]
+    with zipfile.ZipFile(srv / "sample.zip", "w") as z:
+        for i, n in enumerate(good):
+            z.writestr(f"sample/{n}.jpeg", outside.read_bytes() if i == 0 else _jpeg(i))
+    _labels_zip(srv / "trainLabels.csv.zip", good)
+    ext = tmp_path / "cache" / "extracted" / "sample" / "sample"
+    ext.mkdir(parents=True)
+    (ext / "10_left.jpeg").symlink_to(outside)  # as an extracted symlink member would be (same size: kept)
+    p = _params(tmp_path, "sample", 3)
+    with pytest.raises(kg.KaggleError, match=r"10_left\.jpeg.*outside"):
+        kg.download_kaggle(p.data, tmp_path / "raw", p.seed, fetcher=FakeServer(srv))
+    assert not (tmp_path / "raw" / "10_left.jpeg").exists()

@@ -11,10 +11,16 @@ Sources (``data.source``):
 
 Every source ends in ``data/raw/manifest.csv`` with the columns :data:`RAW_COLUMNS` (paths relative
 to the working directory, i.e. the repository root) and ``data/raw/source.json``.
+
+The stage deletes only what it wrote: a rerun removes the files and links the last run's manifest
+lists, never anything else in ``data/raw``; a foreign file in the way of an output stops it
+(:class:`OutputConflictError`). Input folders inside (or holding) a pipeline output are refused
+before anything is touched (:func:`check_inputs`).
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -24,21 +30,104 @@ import numpy as np
 import pandas as pd
 
 from .. import paths
-from ..config import DataConfig, Params
+from ..config import ConfigError, DataConfig, Params
 from .io import IMAGE_EXTENSIONS, write_image
 
-__all__ = ["RAW_COLUMNS", "download_demo", "download_folder", "write_manifest", "run_download"]
+__all__ = ["RAW_COLUMNS", "STAGE_OUTPUTS", "OutputConflictError", "check_inputs", "download_demo",
+           "download_folder", "write_manifest", "run_download"]
 
 RAW_COLUMNS = ["id", "source", "path", "width", "height", "label", "vessel_mask", "fov_mask"]
+#: folders that pipeline stages (or DVC/Snakemake before them) delete and rewrite: never an input
+STAGE_OUTPUTS = (paths.RAW, paths.PROCESSED, paths.PATCHES, paths.MODELS, paths.REPORTS)
+
+
+class OutputConflictError(FileExistsError):
+    """A file the download stage did not write is where it must write one; nothing was deleted."""
+
+
+def _input_dirs(cfg: DataConfig) -> list[tuple[str, str, bool]]:
+    """(key, folder, searched recursively) of every input folder the configured source reads."""
+    if cfg.source == "folder":
+        fc = cfg.folder
+        dirs = [("data.folder.path", fc.path, True), ("data.folder.mask_dir", fc.mask_dir, False),
+                ("data.folder.fov_mask_dir", fc.fov_mask_dir, False)]
+    elif cfg.source == "kaggle":
+        dirs = [("data.kaggle.cache_dir", cfg.kaggle.cache_dir, False)]
+    else:
+        dirs = []
+    return [(k, v, rec) for k, v, rec in dirs if v]
+
+
+def check_inputs(cfg: DataConfig, out: str | Path = paths.RAW) -> None:
+    """Raise :class:`ConfigError` if an input folder lies in (or is) a folder the pipeline deletes and
+    rewrites (:data:`STAGE_OUTPUTS`, ``out``), or, searched recursively, holds one. Touches nothing."""
+    outputs = [Path(out), *(o for o in STAGE_OUTPUTS if o != paths.RAW)]
+    for key, value, recursive in _input_dirs(cfg):
+        p = Path(value).resolve()
+        for o in outputs:
+            ro = o.resolve()
+            if p == ro or ro in p.parents:
+                where = "is" if p == ro else "lies in"
+                raise ConfigError(f"{key} {value}: {where} {o}, a pipeline output that is deleted and rewritten "
+                                  f"on every run; move the files to a folder outside {_names(outputs)} and set "
+                                  f"{key} to it")
+            if recursive and p in ro.parents:
+                raise ConfigError(f"{key} {value}: holds {o}, a pipeline output that would be read as input; "
+                                  f"set {key} to the folder of the photographs only")
+
+
+def _names(folders) -> str:
+    return ", ".join(str(f) for f in folders)
+
+
+def _previous_outputs(out: Path) -> list[Path]:
+    """The files the last run wrote into ``out``, as its manifest lists them (and the calibre maps
+    beside phantom vessel masks). An unreadable manifest lists nothing: then nothing is deleted."""
+    try:
+        df = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError):  # missing, empty, not a CSV
+        return []
+    files = [Path(v) for col in ("path", "vessel_mask", "fov_mask") if col in df.columns for v in df[col] if v]
+    return files + [f.with_name(f.name.removesuffix("_vessels.png") + "_calibre.npy")
+                    for f in files if f.name.endswith("_vessels.png")]
 
 
 def _clean(out: Path) -> None:
-    """Remove previous image/mask outputs of the stage (not the Kaggle cache)."""
-    for sub, every in ((out, False), (out / "masks", True)):  # masks/: any format (e.g. DRIVE's .gif)
-        if sub.is_dir():
-            for f in sub.iterdir():
-                if f.is_file() and (every or f.suffix.lower() in IMAGE_EXTENSIONS + (".npy",) or f.name == "manifest.csv"):
-                    f.unlink()
+    """Remove the last run's outputs: the files and links its manifest lists, if they lie in ``out``
+    or ``out/masks`` (links are removed, never followed). Nothing else is ever deleted."""
+    own = {out.resolve(), (out / "masks").resolve()}
+    for f in _previous_outputs(out) + [out / "manifest.csv", out / "source.json"]:
+        if (f.is_symlink() or f.is_file()) and f.parent.resolve() in own:
+            f.unlink()  # the manifest last: a failed rerun leaves none that lists deleted files
+
+
+def _claim(dst: Path, src: Path | None = None) -> None:
+    """Make way for an output at ``dst``. A file there is replaced only if it holds the bytes of ``src``
+    (e.g. left by an interrupted run); any other is someone's: raise, delete nothing."""
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if src is not None and dst.is_file() and (os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False)):
+        dst.unlink()
+        return
+    raise OutputConflictError(f"{dst}: not written by the last download run (not in its manifest), and the stage "
+                              f"must write a file there; move it out of {dst.parent}, the download stage's output, "
+                              "and rerun")
+
+
+def _write(dst: Path, arr: np.ndarray) -> None:
+    """Write an image (``.npy``: an array) through a new file beside ``dst``, which then replaces ``dst``
+    only under :func:`_claim`'s rule (same bytes: e.g. left by an interrupted run)."""
+    tmp = dst.with_name(f".new.{dst.name}")  # same extension: it picks the format
+    if dst.suffix == ".npy":
+        np.save(tmp, arr)
+    else:
+        write_image(tmp, arr)
+    try:
+        _claim(dst, tmp)
+    except OutputConflictError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, dst)
 
 
 def download_demo(cfg: DataConfig, out: str | Path = paths.RAW, seed: int = 42) -> list[dict]:
@@ -54,7 +143,7 @@ def download_demo(cfg: DataConfig, out: str | Path = paths.RAW, seed: int = 42) 
 
         img = skdata.retina()
         p = out / "skimage_retina.png"
-        write_image(p, np.ascontiguousarray(img[..., :3]))
+        _write(p, np.ascontiguousarray(img[..., :3]))
         rows.append(dict(id="skimage_retina", source="skimage", path=str(p), width=img.shape[1],
                          height=img.shape[0], label="", vessel_mask="", fov_mask=""))
         n_ph -= 1
@@ -63,19 +152,20 @@ def download_demo(cfg: DataConfig, out: str | Path = paths.RAW, seed: int = 42) 
         ph = generate_phantom(cfg.demo.phantom_size, int(child.generate_state(1)[0]))
         pid = f"phantom_{i:03d}"
         ip, vp, fp = out / f"{pid}.png", out / "masks" / f"{pid}_vessels.png", out / "masks" / f"{pid}_fov.png"
-        write_image(ip, ph.image)
-        write_image(vp, ph.vessels)
-        write_image(fp, ph.fov)
-        np.save(out / "masks" / f"{pid}_calibre.npy", ph.calibre)
+        cp = out / "masks" / f"{pid}_calibre.npy"
+        for f, a in ((ip, ph.image), (vp, ph.vessels), (fp, ph.fov), (cp, ph.calibre)):
+            _write(f, a)
         rows.append(dict(id=pid, source="phantom", path=str(ip), width=ph.image.shape[1], height=ph.image.shape[0],
                          label="", vessel_mask=str(vp), fov_mask=str(fp)))
     return rows
 
 
 def _link(src: Path, dst: Path) -> None:
+    """Hard-link (across file systems: copy) the file ``src`` resolves to, never a symlink itself: a
+    relative link would point to another file from ``dst``."""
+    src = Path(src).resolve()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
+    _claim(dst, src)
     try:
         os.link(src, dst)
     except OSError:
@@ -84,6 +174,20 @@ def _link(src: Path, dst: Path) -> None:
 
 def _safe_id(stem: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """Each photograph once: a link and its target are one image, which must not land in two splits."""
+    seen: dict[tuple[int, int], Path] = {}
+    out = []
+    for p in files:
+        st = p.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), p)
+        if first is p:
+            out.append(p)
+        else:
+            print(f"warning: {p}: the same file as {first} (a link); skipped, it is used once")
+    return out
 
 
 def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
@@ -102,7 +206,7 @@ def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
     # vessel and FOV masks living in the image folder must not be taken as images
     masks = {(d / pat.format(stem=p.stem)).resolve() for p in files
              for d, pat in ((mask_dir, fc.mask_pattern), (fov_dir, fc.fov_mask_pattern)) if pat}
-    files = [p for p in files if p.resolve() not in masks]
+    files = _distinct([p for p in files if p.resolve() not in masks])
     if not files:
         raise FileNotFoundError(
             f"no images matching '{fc.pattern}' (jpg/jpeg/png/tif) under {src}: check data.folder.path/pattern"
@@ -154,6 +258,7 @@ def run_download(params: Params, out: str | Path = paths.RAW, *, kaggle_api=None
     """Run the ``download`` stage for ``params.data.source``; writes manifest.csv and source.json."""
     cfg = params.data
     out = Path(out)
+    check_inputs(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
     if cfg.source == "demo":

@@ -11,6 +11,10 @@ Resumable: a completed download is recorded in ``<cache>/.done/<file>`` (with it
 skipped on a rerun; an interrupted file is resumed by the Kaggle client itself (HTTP Range);
 extracted members with the right size are not extracted again.
 
+Members named absolutely (``/etc/x.jpeg``) or with ``..`` are skipped with a warning (joined to the
+extraction folder they would name a local file), and only regular files extracted inside that folder
+are linked into ``data/raw`` (a 7z symlink member pointing out of it stops the stage).
+
 The network is touched only by :func:`fetch` (one call of ``KaggleApi.competition_download_file``),
 so tests monkeypatch it. ``import kaggle`` authenticates at import time and prints help without
 credentials, so it is imported lazily, after our own credential check.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -252,6 +257,37 @@ def open_archive(parts: list[Path]) -> _Archive:
     return _Archive([Path(p) for p in parts])
 
 
+def _unsafe_name(member: str) -> bool:
+    """An absolute name (``/x``, ``\\x``, ``C:x``) or one with a ``..`` part leaves the extraction folder."""
+    parts = re.split(r"[\\/]", member)
+    return member.startswith(("/", "\\")) or ".." in parts or bool(re.match(r"[A-Za-z]:", member))
+
+
+def _image_members(arc: _Archive, archive: str) -> list[str]:
+    """The archive's image members with safe names, sorted; unsafe ones are skipped with a warning."""
+    images = []
+    for m in sorted(arc.sizes):
+        if not m.lower().endswith((".jpeg", ".jpg", ".png")):
+            continue
+        if _unsafe_name(m):
+            print(f"warning: {archive}: member {m!r} is named outside the archive's folder (absolute or '..'); "
+                  "skipped: a genuine Kaggle archive has none, check where this file came from")
+            continue
+        images.append(m)
+    return images
+
+
+def _extracted(ext: Path, member: str, size: int) -> Path:
+    """The regular file ``member`` was extracted to, inside ``ext`` (links resolved); else KaggleError."""
+    f = (ext / member).resolve()
+    if not f.is_relative_to(ext.resolve()):
+        raise KaggleError(f"{ext / member}: extracted as a link to {f}, outside {ext}; delete {ext} and the archive "
+                          "and download it again (a genuine Kaggle archive holds no links)")
+    if not f.is_file() or f.stat().st_size != size:
+        raise KaggleError(f"{ext / member}: missing or of the wrong size after extraction; delete {ext} and rerun")
+    return f
+
+
 def _read_labels(path: Path) -> pd.DataFrame:
     with zipfile.ZipFile(path) as z:
         names = [n for n in z.namelist() if n.endswith(".csv")]
@@ -294,7 +330,7 @@ def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fe
     level = dict(zip(labels["image"], labels["level"].astype(str)))
     arc = open_archive(parts)
     try:
-        images = sorted(m for m in arc.sizes if m.lower().endswith((".jpeg", ".jpg", ".png")))
+        images = _image_members(arc, parts[0].name)
         if not images:
             raise KaggleError(f"{parts[0]}: no images in the archive")
         labelled = [m for m in images if Path(m).stem in level]
@@ -308,13 +344,14 @@ def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fe
         ext = cache / "extracted" / kc.archive
         todo = [m for m in chosen if not ((ext / m).is_file() and (ext / m).stat().st_size == arc.sizes[m])]
         arc.extract(todo, ext)
+        files = {m: _extracted(ext, m, arc.sizes[m]) for m in chosen}
     finally:
         arc.close()
     rows = []
     for m in chosen:
         stem = Path(m).stem
         dst = out / f"{stem}{Path(m).suffix.lower()}"
-        _link(ext / m, dst)
+        _link(files[m], dst)
         w = h = ""
         try:
             from PIL import Image

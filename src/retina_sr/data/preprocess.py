@@ -4,8 +4,9 @@ Each raw image (``data/raw/manifest.csv``) is read, its circular fundus disc det
 (:func:`retina_sr.data.fov.detect_fov`), cropped to the disc's bounding square (padding with black
 where the square leaves the photograph, e.g. circles cut at the top/bottom), resized to
 ``data.size`` with ``INTER_AREA`` (area averaging, the alias-free choice for downscaling), and
-written with its FOV mask (disc intersected with the photographed area) and, when the source has
-one, its vessel mask (area-resized, thresholded at 0.5) and calibre map (phantoms).
+written with its FOV mask (disc intersected with the photographed area: not the black bands beyond
+a straight cut of the disc) and, when the source has one, its vessel mask (area-resized,
+thresholded at 0.5) and calibre map (phantoms).
 
 Unusable images never stop the stage: they are listed with the reason in
 ``data/processed/rejects.csv``. The split is by image (never by patch), seeded and deterministic.
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paths
-from .fov import Circle, FovError, circle_mask, detect_fov
+from .fov import Circle, FovError, circle_from_mask, circle_mask, detect_fov
 from .io import ImageReadError, read_image, read_mask, write_image
 
 __all__ = [
@@ -82,6 +83,24 @@ def crop_square(arr: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
+def _photographed_rows(img: np.ndarray, circle: Circle, level: int = 15) -> np.ndarray:
+    """(H,) bool: the rows from the first to the last whose chord of the disc holds a pixel brighter than
+    ``level``; not the black bands where a straight edge cuts the disc inside the frame (EyePACS)."""
+    h, w = img.shape[:2]
+
+    def lit(y: int) -> bool:
+        half = math.sqrt(max(circle.r**2 - (y - circle.cy) ** 2, 0.0))
+        x0, x1 = max(0, int(circle.cx - half)), min(w, int(circle.cx + half) + 1)
+        return x1 > x0 and int(img[y, x0:x1].max()) >= level
+
+    top = max(0, math.ceil(circle.cy - circle.r))
+    first = next((y for y in range(top, h) if lit(y)), h)  # scans only the band: a few hundred rows
+    last = next((y for y in range(h - 1, first - 1, -1) if lit(y)), first - 1)
+    rows = np.zeros(h, bool)
+    rows[first:last + 1] = True
+    return rows
+
+
 def preprocess_image(img: np.ndarray, size: int, circle: Circle | None = None) -> tuple[np.ndarray, np.ndarray, Circle, tuple[int, int, int, int]]:
     """Crop an RGB fundus photograph to its disc and resize to ``size``.
 
@@ -99,7 +118,7 @@ def preprocess_image(img: np.ndarray, size: int, circle: Circle | None = None) -
     crop = crop_square(img, box)
     out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     # FOV = disc within the photographed area (cut circles lose their top/bottom)
-    valid = crop_square(np.ones((h, w), np.uint8), box)
+    valid = crop_square(np.broadcast_to(_photographed_rows(img, circle)[:, None], (h, w)), box).astype(np.uint8)
     valid = cv2.resize(valid, (size, size), interpolation=cv2.INTER_NEAREST) > 0
     f = size / (box[2] - box[0])
     c_out = Circle((circle.cx + 0.5 - box[0]) * f - 0.5, (circle.cy + 0.5 - box[1]) * f - 0.5, circle.r * f)
@@ -125,16 +144,9 @@ def _process(job: _Job) -> dict:
         return {"id": job.id, "path": job.path, "reject": f"not readable: {type(err).__name__}: {err}"}
     try:
         fov_circle = None
-        if job.fov_mask:
-            from .fov import fit_circle  # given FOV mask: fit the circle to its border
+        if job.fov_mask:  # given FOV mask: the circle of its border (else detected)
             m = read_mask(job.fov_mask)
-            cnt, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            if cnt:
-                pts = max(cnt, key=len)[:, 0, :]
-                hh, ww = m.shape
-                e = (pts[:, 0] <= 1) | (pts[:, 1] <= 1) | (pts[:, 0] >= ww - 2) | (pts[:, 1] >= hh - 2)
-                if (~e).sum() >= 20 and m.shape == img.shape[:2]:
-                    fov_circle, _ = fit_circle(pts[~e, 0], pts[~e, 1])
+            fov_circle = circle_from_mask(m) if m.shape == img.shape[:2] else None
         image, fov, circle, box = preprocess_image(img, job.size, fov_circle)
     except (FovError, ValueError, ImageReadError) as err:
         return {"id": job.id, "path": job.path, "reject": str(err)}
