@@ -13,6 +13,9 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
+	# opencv-contrib-python-headless (cv2.dnn_superres) replaces opencv-python-headless: both own cv2/
+	if $(BIN)/python -m pip show -q opencv-python-headless >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall -y -q opencv-python-headless opencv-contrib-python-headless; fi
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

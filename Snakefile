@@ -2,23 +2,42 @@
 # (tests/test_orchestration.py checks it). Run: snakemake --cores 8 evaluate
 # Full study: snakemake --cores 8 evaluate --configfile conf/study/full.yaml
 import json
+import shlex
 from pathlib import Path
 
 configfile: "params.yaml"
 
-from retina_sr.config import params_from_dict, load_params
+from retina_sr.config import flatten, params_from_dict, load_params
 
-# Every configfile (params.yaml, then any --configfile) is passed to the scripts in order, so they see
-# exactly the merged configuration Snakemake sees. `--config key=value` would bypass the files: refuse it.
-CONFIGFILES = [str(Path(f)) for f in workflow.configfiles]
+# params.yaml is the base; each --configfile is merged on top, in the order given (Snakemake lists the
+# command-line files before the `configfile:` above, so the order is rebuilt here). The same files
+# are passed to the scripts in that order, so they see exactly the merged configuration Snakemake sees.
+def _shown(f):
+    """A path as the shell commands show it: relative to the working directory when inside it."""
+    p = Path(f).absolute()
+    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+
+
+CONFIGFILES = ["params.yaml"] + list(dict.fromkeys(
+    _shown(f) for f in workflow.configfiles if Path(f).absolute() != Path("params.yaml").absolute()
+))
 _merged = load_params(CONFIGFILES[0], *CONFIGFILES[1:])
-if _merged.model_dump(mode="json") != params_from_dict(config, "snakemake config").model_dump(mode="json"):
+# `--config key=value` would bypass the files (the scripts would never see it): refuse it
+_given = flatten(params_from_dict(config, "snakemake config").model_dump(mode="json"))
+_differ = sorted(k for k, v in flatten(_merged.model_dump(mode="json")).items() if _given.get(k) != v)
+if _differ:
     raise ValueError(
-        "snakemake --config overrides are not supported for the study parameters: "
+        f"snakemake --config overrides are not supported for the study parameters ({', '.join(_differ[:5])}); "
         "put them in a YAML file and pass it with --configfile FILE"
     )
 P = _merged
-PARAMS_ARGS = " ".join(f"--params {f}" for f in CONFIGFILES)
+# Snakemake deletes a job's old outputs before it runs: an input folder inside a stage output would be
+# gone before the download stage could refuse it, so check before any job starts
+from retina_sr.data.download import check_inputs
+
+check_inputs(P.data)
+# quoted like Snakemake's {x:q}: a path with a space stays one argument
+PARAMS_ARGS = " ".join(f"--params {shlex.quote(f)}" for f in CONFIGFILES)
 VARIANTS = sorted(P.train.modified.variants)
 TRAIN_THREADS = 2
 
@@ -43,7 +62,7 @@ TRAIN_COMMON = [
     "seed", "study", "data.scales", "model", "train.device", "train.batch_size", "train.amp",
     "train.channels_last", "train.ema_decay", "train.val_every", "train.log_every",
     "train.checkpoint_every", "train.charbonnier_eps", "train.lr_schedule", "train.grad_clip",
-    "train.max_val_patches",
+    "train.max_val_patches", "train.warmup_steps", "train.degradation", "data.patches",
 ]
 TRAIN_CODE = code("src/retina_sr/models", "src/retina_sr/losses", "src/retina_sr/training")
 
@@ -181,8 +200,9 @@ rule train_modified:
         variant="|".join(VARIANTS),
     params:
         **pick(*TRAIN_COMMON, "train.perceptual", "train.adversarial", "train.modified.steps",
-               "train.modified.lr", "train.modified.pixel_weight"),
+               "train.modified.lr", "train.modified.pixel_weight", "train.modified.ridge_weight",
+               "train.l1.steps"),
         variant_config=lambda wc: json.dumps(config["train"]["modified"]["variants"][wc.variant], sort_keys=True),
     threads: TRAIN_THREADS
     shell:
-        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase modified --variant {wildcards.variant}"
+        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase modified --variant {wildcards.variant:q}"

@@ -82,6 +82,29 @@ def test_folder_source_with_masks(tmp_path, monkeypatch):
     assert df["width"].tolist() == [128] * 3
 
 
+def test_extra_folders_are_pooled_each_with_its_own_masks(tmp_path, monkeypatch):
+    """data.extra_folders: several datasets (e.g. HRF and CHASE_DB1) in one study, each with its own
+    pattern and mask layout; an extra folder inside a stage output is refused like data.folder."""
+    monkeypatch.chdir(tmp_path)
+    a = _phantom_folder(tmp_path / "a", 2, "_1stHO.png", "vessels")
+    b = tmp_path / "b"
+    for i in range(2):
+        ph = generate_phantom(128, seed=10 + i)
+        write_image(b / "images" / f"eye{i}.jpg", ph.image)
+        write_image(b / "manual" / f"eye{i}.png", ph.vessels)
+    p = params_from_dict({"data": {"source": "folder", "n_images": 10,
+                                   "folder": {"path": str(a), "mask_pattern": "{stem}_1stHO.png"},
+                                   "extra_folders": [{"path": str(b / "images"), "mask_dir": str(b / "manual"),
+                                                      "mask_pattern": "{stem}.png"}]}})
+    df = run_download(p)
+    assert df["id"].tolist() == ["im0", "im1", "eye0", "eye1"]
+    assert all(Path(v).is_file() for v in df["vessel_mask"])
+    bad = params_from_dict({"data": {"source": "folder", "folder": {"path": str(a)},
+                                     "extra_folders": [{"path": "data/raw/more"}]}})
+    with pytest.raises(ConfigError, match=r"data.extra_folders\[0\].path data/raw/more: lies in data/raw"):
+        run_download(bad)
+
+
 def test_folder_fov_masks_beside_images_are_not_images(tmp_path, monkeypatch):
     """FOV masks in the image folder are neither taken as images nor counted against n_images, and
     only the selected images are linked into data/raw (a DVC output)."""

@@ -56,7 +56,7 @@ def test_generator_loss_does_not_reach_real_branch():
 @pytest.mark.parametrize("gan_type", ["vanilla", "relativistic"])
 def test_gan_step_updates_both_networks(gan_type):
     torch.manual_seed(0)
-    gen = build_model(ModelConfig(features=4, depth=1), levels=1)
+    gen = build_model(ModelConfig(features=4, depth=1, image_branch="learned"), levels=1)  # every weight gets a gradient at step 1
     disc = Discriminator(DiscriminatorConfig(features=4, n_layers=2, spectral_norm=True))
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)

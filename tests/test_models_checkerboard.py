@@ -21,7 +21,7 @@ def _inputs(h: int = 24) -> dict[str, torch.Tensor]:
 
 def _residual_score(upsample: str, x: torch.Tensor, seed: int) -> float:
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(features=8, depth=2, upsample=upsample), levels=1).eval()
+    model = build_model(ModelConfig(features=8, depth=2, upsample=upsample, image_branch="learned"), levels=1).eval()
     with torch.no_grad():
         y0, y1 = model(x)
     residual = y1 - F.interpolate(y0, scale_factor=2, mode="bilinear", align_corners=False)

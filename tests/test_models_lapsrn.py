@@ -24,10 +24,11 @@ def _cfg(**kw) -> ModelConfig:
     return ModelConfig(features=4, depth=2, **kw)
 
 
+@pytest.mark.parametrize("branch", ["bicubic", "learned"])
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
-def test_shapes_every_zoom_and_gradients(kw):
+def test_shapes_every_zoom_and_gradients(kw, branch):
     torch.manual_seed(0)
-    model = build_model(_cfg(**kw), levels=2)
+    model = build_model(_cfg(image_branch=branch, **kw), levels=2)
     assert isinstance(model, LapSRN) and model.levels == 2 and model.max_zoom == 4
     x = torch.rand(2, 3, 6, 10)
     for n_up in range(3):
@@ -38,9 +39,35 @@ def test_shapes_every_zoom_and_gradients(kw):
             assert torch.isfinite(o).all()
     outs = model(x)  # default: all levels
     assert len(outs) == 3
+    if branch == "bicubic":
+        # zero-initialised residual convs: only they learn in the first step, then everything does
+        sum(o.square().mean() for o in outs).backward()
+        for name, p in model.named_parameters():
+            assert (p.grad.abs().sum() > 0) == name.startswith(("res0", "res.")), name
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        model.zero_grad()
+        outs = model(x)
     sum(o.square().mean() for o in outs).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_untrained_bicubic_branch_is_the_baseline():
+    """image_branch=bicubic: level 0 returns the input and level k cascaded 2x bicubic (Keys a=-0.75,
+    OpenCV's INTER_CUBIC kernel), so training starts at the baseline a user already has."""
+    import cv2
+    import numpy as np
+    import torch.nn.functional as F
+
+    model = build_model(_cfg(), levels=2)
+    x = torch.rand(1, 3, 16, 20)
+    outs = model(x)
+    assert torch.equal(outs[0], x)
+    ref = F.interpolate(F.interpolate(x, scale_factor=2.0, mode="bicubic"), scale_factor=2.0, mode="bicubic")
+    assert torch.allclose(outs[2], ref, atol=1e-6)
+    img = x[0].permute(1, 2, 0).numpy()
+    cv = cv2.resize(img, (40, 32), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(outs[1][0].permute(1, 2, 0).detach().numpy() - cv)[2:-2, 2:-2].max() < 1e-5
 
 
 def test_levels_zero_is_pure_restoration():
@@ -84,19 +111,23 @@ def test_weight_sharing_parameter_count(upsample, levels):
         up_f, up_i = _conv(f, 4 * f), _conv(3, 12, bias=False)
     head, res = _conv(3, f), _conv(f, 3)
     per_level = up_f + up_i + res
+    bicubic = build_model(ModelConfig(features=f, depth=d, upsample=upsample), levels)  # no image-branch weights
+    assert sum(p.numel() for p in bicubic.parameters()) == head + res + levels * (per_embed + up_f + res)
     expected_plain = head + res + levels * per_embed + levels * per_level
     expected_shared = head + res + per_embed + per_level
 
     def count(m: nn.Module) -> int:
         return sum(p.numel() for p in m.parameters())
 
-    plain = build_model(ModelConfig(features=f, depth=d, upsample=upsample), levels)
-    shared = build_model(ModelConfig(features=f, depth=d, upsample=upsample, share_weights=True), levels)
+    plain = build_model(ModelConfig(features=f, depth=d, upsample=upsample, image_branch="learned"), levels)
+    shared = build_model(ModelConfig(features=f, depth=d, upsample=upsample, share_weights=True,
+                                     image_branch="learned"), levels)
     assert count(plain) == expected_plain
     assert count(shared) == expected_shared
     assert count(plain) - count(shared) == (levels - 1) * (per_embed + per_level)
     # recursion reuses the block: no new parameters
-    rec = build_model(ModelConfig(features=f, depth=d, upsample=upsample, share_weights=True, recursions=3), levels)
+    rec = build_model(ModelConfig(features=f, depth=d, upsample=upsample, share_weights=True, recursions=3,
+                                  image_branch="learned"), levels)
     assert count(rec) == expected_shared
 
 
@@ -109,8 +140,8 @@ def test_residual_block_parameter_count():
 
 def test_recursion_changes_output_but_not_weights():
     torch.manual_seed(0)
-    m1 = build_model(_cfg(share_weights=True, recursions=1), levels=1)
-    m3 = build_model(_cfg(share_weights=True, recursions=3), levels=1)
+    m1 = build_model(_cfg(share_weights=True, recursions=1, image_branch="learned"), levels=1)
+    m3 = build_model(_cfg(share_weights=True, recursions=3, image_branch="learned"), levels=1)
     m3.load_state_dict(m1.state_dict())
     x = torch.rand(1, 3, 8, 8)
     assert not torch.allclose(m1(x)[-1], m3(x)[-1])

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,87 @@ def test_every_stage_script_exists():
         cmd = stage.get("cmd") or stage["do"]["cmd"]
         script = cmd.split()[1]
         assert (ROOT / script).is_file(), f"{script} named in dvc.yaml does not exist"
+
+
+# ----------------------------------------------- issue #8: the documented commands work as written
+BIN = Path(sys.executable).parent
+_COPY = ("Snakefile", "params.yaml", "dvc.yaml", "conf", "workflow", "src")
+
+
+def _copy_repo(dest: Path) -> Path:
+    """The files a Snakemake dry run reads (its inputs must exist), without outputs or environment."""
+    dest.mkdir(parents=True)
+    for name in _COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", MLFLOW_DISABLE_TELEMETRY="true")
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _readme_full_study_command() -> list[str]:
+    """The README's Snakemake line for the full study, exactly as documented."""
+    m = re.search(r"^(snakemake [^#\n]*--configfile conf/study/full\.yaml)", (ROOT / "README.md").read_text(), re.M)
+    assert m, "README no longer documents `snakemake ... --configfile conf/study/full.yaml`"
+    return shlex.split(m.group(1))
+
+
+def _commands(out: str, script: str) -> list[list[str]]:
+    """The shell commands of a `-n -p` dry run that run ``script``, split the way the shell splits them."""
+    cmds = [line.split("Shell command:", 1)[1] for line in out.splitlines() if line.startswith("Shell command:")]
+    return [shlex.split(c) for c in cmds if f"workflow/scripts/{script}" in c]
+
+
+def _params_args(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--params"]
+
+
+def test_readme_full_study_command_dry_runs(tmp_path):
+    """`snakemake --cores 8 evaluate --configfile conf/study/full.yaml` (README) plans the full study:
+    params.yaml is the base, the study file is merged on top and passed on to every script."""
+    repo = _copy_repo(tmp_path / "repo")
+    cmd = _readme_full_study_command()
+    res = _snakemake([*cmd[1:], "-n", "-p"], repo)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    for script in ("download.py", "preprocess.py", "train.py", "evaluate.py"):
+        argvs = _commands(out, script)
+        assert argvs, f"no {script} job planned:\n{out[-3000:]}"
+        for argv in argvs:
+            assert _params_args(argv) == ["params.yaml", "conf/study/full.yaml"], argv
+    # the full study's data.workers (8) sets the preprocess threads: the merged parameters are in effect
+    preprocess = _commands(out, "preprocess.py")[0]
+    assert preprocess[preprocess.index("--threads") + 1] == "8", preprocess
+
+
+def test_snakemake_config_overrides_are_refused_in_one_line(tmp_path):
+    repo = _copy_repo(tmp_path / "repo")
+    res = _snakemake(["--cores", "1", "-n", "evaluate", "--config", "seed=7"], repo)
+    out = res.stdout + res.stderr  # Snakemake reports a Snakefile's error on stdout
+    assert res.returncode != 0
+    assert re.search(r"--config overrides are not supported for the study parameters \(seed\); put them", out), out
+
+
+def test_paths_with_spaces_are_quoted_in_shell_commands(tmp_path):
+    """A repository under a folder with a space, and a --configfile there: each path reaches the
+    scripts as one argument (`-n -p` prints the commands the shell would run)."""
+    repo = _copy_repo(tmp_path / "my studies" / "retina sr")
+    override = repo / "conf" / "study" / "my full.yaml"
+    shutil.copy2(repo / "conf/study/full.yaml", override)
+    outside = tmp_path / "other place" / "tiny study.yaml"
+    outside.parent.mkdir()
+    outside.write_text("evaluate:\n  figure_images: 1\n")
+    res = _snakemake(["--cores", "2", "-n", "-p", "evaluate", "--configfile", str(override), str(outside)], repo)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    argvs = [a for s in ("download.py", "preprocess.py", "patches.py", "train.py", "evaluate.py") for a in _commands(out, s)]
+    assert len(argvs) >= 5, out[-3000:]
+    for argv in argvs:
+        assert _params_args(argv) == ["params.yaml", "conf/study/my full.yaml", str(outside)], argv

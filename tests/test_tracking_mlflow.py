@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -144,3 +145,114 @@ def test_tracking_init_command_creates_store(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(["tracking", "init"]) == 0
     assert (tmp_path / "init.db").is_file()
+
+
+# ------------------------------------------- issue #8: a broken or busy store is one clear line
+_HOLD_LOCK = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    con.execute("ROLLBACK")
+    """
+)
+
+
+@pytest.fixture()
+def locked_store(tmp_path):
+    """A store another process holds an exclusive SQLite lock on (for `seconds`, default: the test)."""
+    procs = []
+
+    def hold(seconds: float = 120.0) -> Path:
+        db = tmp_path / "busy.db"
+        if not db.exists():
+            tracking.init_store(f"sqlite:///{db}", wait=10)
+        p = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "locked"
+        return db
+
+    yield hold
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture()
+def corrupt_store(tmp_path) -> Path:
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(random.Random(0).randbytes(64 * 1024))
+    return db
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def test_corrupt_store_is_one_line_naming_it(corrupt_store, monkeypatch):
+    with pytest.raises(tracking.TrackingStoreError) as info:
+        tracking.init_store(f"sqlite:///{corrupt_store}", wait=1)
+    msg = _one_line(str(info.value))
+    assert msg.startswith(f"{corrupt_store}: ") and "not an SQLite database" in msg, msg
+    assert "move it away or delete it" in msg and "new store" in msg, msg
+    # the way a stage starts its run: the same error, no SQLAlchemy traceback
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{corrupt_store}")
+    with pytest.raises(tracking.TrackingStoreError, match="move it away"):
+        with tracking.start_run(Params(), "exp", "run", log_all_params=False):
+            pass
+
+
+def test_locked_store_waits_a_bounded_time_then_says_who_to_wait_for(locked_store):
+    import time
+
+    db = locked_store()
+    t0 = time.monotonic()
+    with pytest.raises(tracking.TrackingStoreError) as info:
+        tracking.init_store(f"sqlite:///{db}", wait=1.0)
+    assert time.monotonic() - t0 < 10
+    msg = _one_line(str(info.value))
+    assert msg.startswith(f"{db}: ") and "locked" in msg and "another process" in msg, msg
+    assert "wait for it" in msg and "stop it" in msg and "RETINA_SR_MLFLOW_WAIT" in msg, msg
+
+
+def test_store_locked_for_a_moment_is_waited_out(locked_store):
+    db = locked_store(seconds=1.0)
+    assert tracking.init_store(f"sqlite:///{db}", wait=30) == f"sqlite:///{db}"
+
+
+def test_retry_stops_at_max_wait():
+    import time
+
+    def locked():
+        raise RuntimeError("(sqlite3.OperationalError) database is locked")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="locked"):
+        tracking.retry(locked, attempts=1000, base_delay=0.05, max_wait=0.5)
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.parametrize("case", ["corrupt", "locked"])
+def test_tracking_init_command_one_line_exit_1(case, corrupt_store, locked_store, monkeypatch, capsys):
+    from retina_sr.cli import main
+
+    db = corrupt_store if case == "corrupt" else locked_store()
+    capsys.readouterr()  # MLflow's log of creating the store the fixture then locks
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("RETINA_SR_MLFLOW_WAIT", "0.5")
+    monkeypatch.chdir(REPO)
+    assert main(["tracking", "init"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert f"{db}: " in line and ("move it away" if case == "corrupt" else "wait for it") in line, line
+
+
+def test_store_wait_env_is_checked(monkeypatch):
+    monkeypatch.setenv("RETINA_SR_MLFLOW_WAIT", "soon")
+    with pytest.raises(ValueError, match="RETINA_SR_MLFLOW_WAIT='soon' must be a number of seconds"):
+        tracking.store_wait()
+    monkeypatch.setenv("RETINA_SR_MLFLOW_WAIT", "2.5")
+    assert tracking.store_wait() == 2.5

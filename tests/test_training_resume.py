@@ -96,6 +96,7 @@ def test_sigkill_then_restart_ends_with_the_same_weights(tmp_path):
     assert p.returncode == -signal.SIGKILL
     last = torch.load(b / "models/.resume/adversarial/last.pt", weights_only=True)
     assert last["step"] == 8 and not (b / "models/adversarial/metrics.json").exists()
+    assert not (b / "models/adversarial/model.pt").exists(), "a killed stage must not leave a model.pt"
 
     again = _start(b, pb, 0, env_b)
     out, _ = again.communicate(timeout=300)
@@ -129,3 +130,34 @@ def test_sigkill_then_restart_ends_with_the_same_weights(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["resumed_from_step"] == "8" and runs[0].data.tags["dvc_stage"] == "train_adversarial"
+
+
+def test_interrupted_stage_leaves_no_product_and_no_orphan_tmp(tmp_path):
+    """model.pt / metrics.json / plots.csv appear only when the stage finishes; a stale product of an
+    earlier run and orphan *.tmp files of a killed write are removed when the stage starts."""
+    from retina_sr.config import load_params
+    from retina_sr.training import train_phase
+
+    pf = _prepare(tmp_path)
+    params = load_params(REPO / "params.yaml", pf)
+    out, resume = tmp_path / "models/adversarial", tmp_path / "models/.resume/adversarial"
+    out.mkdir(parents=True)
+    resume.mkdir(parents=True)
+    (out / "model.pt").write_bytes(b"stale product of an earlier run")
+    (out / "model.pt.tmp").write_bytes(b"orphan")
+    (resume / "last.pt.tmp").write_bytes(b"orphan")
+
+    class Killed(Exception):
+        pass
+
+    def on_step(step):
+        if step == 12:  # after the step-8 validation that found a best model
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_phase(params, "adversarial", root=tmp_path, progress=False, on_step=on_step, track=False)
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+    assert not list(out.glob("*.tmp")) and not list(resume.glob("*.tmp"))
+    assert (resume / "last.pt").is_file()
+    train_phase(params, "adversarial", root=tmp_path, progress=False, track=False)
+    assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()

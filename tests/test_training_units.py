@@ -212,7 +212,7 @@ def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, m
     assert r2.resumed_from == 8 and r2.best_step == r.best_step
     assert all(torch.equal(weights[k], v) for k, v in load_model(out / "model.pt")[0].state_dict().items())
     # another configuration: the stale last.pt is ignored and training starts over
-    params2, _ = tiny_params(tmp_path, train={"l1": {"steps": 8, "lr": 1e-3}})
+    params2, _ = tiny_params(tmp_path, train={"l1": {"steps": 8, "lr": 2e-3}})
     r3 = train_phase(params2, "l1", track=False, progress=False)
     assert r3.resumed_from is None and "starting over" in capsys.readouterr().out
     # the next phase refuses a checkpoint of another architecture, with a clear message

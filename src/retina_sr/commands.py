@@ -7,24 +7,25 @@ from pathlib import Path
 
 import yaml
 
-from .config import deep_merge, load_params
+from .config import deep_merge, load_params, read_yaml
 
 
 def compose_params(study: str = "demo", conf_dir: str | Path = "conf") -> dict:
     """Compose ``conf/config.yaml`` + ``conf/study/<study>.yaml`` the way DVC's Hydra integration does."""
     conf_dir = Path(conf_dir)
-    base = yaml.safe_load((conf_dir / "config.yaml").read_text())
+    base = read_yaml(conf_dir / "config.yaml")
     base.pop("defaults", None)
     study_file = conf_dir / "study" / f"{study}.yaml"
     if not study_file.is_file():
         choices = sorted(p.stem for p in (conf_dir / "study").glob("*.yaml"))
         raise FileNotFoundError(f"{study_file} not found: choose a study among {choices}")
-    return deep_merge(base, yaml.safe_load(study_file.read_text()) or {})
+    return deep_merge(base, read_yaml(study_file) or {})
 
 
 def _validate(args: argparse.Namespace) -> int:
-    p = load_params(args.params, *args.override)
-    print(f"{' + '.join([args.params, *args.override])}: valid (study={p.study}, source={p.data.source}, digest={p.digest()})")
+    files = [*args.params, *args.files] or ["params.yaml"]
+    p = load_params(files[0], *files[1:])
+    print(f"{' + '.join(files)}: valid (study={p.study}, source={p.data.source}, digest={p.digest()})")
     return 0
 
 
@@ -71,8 +72,10 @@ def register(sub) -> None:
     p = sub.add_parser("params", help="validate or compose the parameter file")
     psub = p.add_subparsers(dest="params_command", required=True)
     v = psub.add_parser("validate", help="validate params.yaml (and override files merged on top)")
-    v.add_argument("params", nargs="?", default="params.yaml")
-    v.add_argument("override", nargs="*", help="files merged on top, e.g. conf/study/full.yaml")
+    v.add_argument("files", nargs="*", metavar="FILE",
+                   help="params.yaml (the default), then files merged on top, e.g. conf/study/full.yaml")
+    v.add_argument("--params", action="append", default=[], metavar="FILE",
+                   help="the same as an option, repeatable (as the stage scripts take it); comes before FILEs")
     v.set_defaults(func=_validate)
     c = psub.add_parser("compose", help="compose conf/ into a params file (what `dvc exp run -S study=...` does)")
     c.add_argument("--study", default="demo")

@@ -2,7 +2,9 @@
 
 Every section is a pydantic model with ``extra="forbid"``, so a typo'd or unknown key, a wrong type
 or an impossible value (e.g. a crop larger than the image) is a :class:`ConfigError` that names the
-key (``data.patches.crop``) and what to do. Both orchestrators (DVC and Snakemake) and every
+key (``data.patches.crop``) and what to do. Values that would pass a range check and fail late are
+refused too: ``.nan``/``.inf`` in any float, ``true``/``false`` for a number, a key given twice in one
+YAML mapping, an empty file. Both orchestrators (DVC and Snakemake) and every
 ``workflow/scripts/*.py`` load the parameters through :func:`load_params`.
 
 Two parameter sets exist: the default ``params.yaml`` (``study: demo``, the offline demo study that
@@ -17,11 +19,21 @@ import hashlib
 import json
 import math
 import re
-from pathlib import Path
-from typing import Any, Literal
+import string
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -30,15 +42,67 @@ __all__ = [
     "params_from_dict",
     "deep_merge",
     "flatten",
+    "read_yaml",
+    "ZOOMS",
+    "MAX_SEED",
 ]
+
+#: zoom levels the study supports (the check and its message both read this)
+ZOOMS = (1, 2, 4, 8, 16)
+#: seeds numpy (``np.random.seed``) and torch (``torch.manual_seed``) both accept: 0 .. 2**32-1
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
     """A parameter file is missing, unreadable or invalid. The message names the file and key."""
 
 
+def _annotation_types(annotation: Any) -> set[Any]:
+    """Every type named in ``annotation`` (``tuple[int, int] | None`` -> tuple, int, NoneType)."""
+    out = {annotation}
+    for arg in get_args(annotation):
+        out |= _annotation_types(arg)
+    origin = get_origin(annotation)
+    if origin is not None and origin is not Union:
+        out.add(origin)
+    return out
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_holds_bool(v) for v in value))
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; give it a name, e.g. the default in params.yaml")
+    return value
+
+
+def _seed_range(value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{value} is out of range; numpy and torch take seeds in 0 .. {MAX_SEED} (2**32-1)")
+    return value
+
+
+#: a seed every library of the study accepts as given
+Seed = Annotated[int, AfterValidator(_seed_range)]
+#: a string that must say something (an empty experiment name or store URI fails only when a run starts)
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # .nan passes every range check (comparisons with NaN are false) and .inf most of them: refuse both
+    # everywhere (floats in lists and tuples included) instead of training on NaN losses.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic takes ``true`` as 1 for a number: ``steps: true`` would silently train one step."""
+        types = _annotation_types(cls.model_fields[info.field_name].annotation)
+        if _holds_bool(value) and types & {int, float} and not types & {bool, Any}:
+            raise ValueError("true/false is not a number; write a number (YAML reads true/false/yes/no/on/off as booleans)")
+        return value
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -62,6 +126,31 @@ class FolderSource(_Section):
     )
     fov_mask_dir: str | None = Field(None, description="optional folder of FOV masks")
     fov_mask_pattern: str | None = Field(None, description="FOV-mask file name, e.g. '{stem}_mask.tif'")
+
+    @field_validator("pattern")
+    @classmethod
+    def _inside_folder(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty; use '*' for every image in the folder's path")
+        if PurePosixPath(v).is_absolute() or v.startswith("\\") or ".." in re.split(r"[\\/]", v):
+            raise ValueError(
+                f"{v!r} reaches outside the image folder; give a glob inside the folder's path, e.g. '*' or '**/*.png'"
+            )
+        return v
+
+    @field_validator("mask_pattern", "fov_mask_pattern")
+    @classmethod
+    def _stem_template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        fix = "write the file name with the field {stem} (the image's stem) and no other, e.g. '{stem}_1stHO.png'"
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(v) if name is not None]
+        except ValueError as err:
+            raise ValueError(f"{v!r} is not a valid file-name template ({err}); {fix}") from None
+        if not fields or any(name != "stem" or spec or conv for name, spec, conv in fields):
+            raise ValueError(f"{v!r} must contain exactly the field {{stem}}; {fix}")
+        return v
 
 
 class KaggleSource(_Section):
@@ -141,10 +230,13 @@ class DataConfig(_Section):
     source: Literal["demo", "folder", "kaggle"] = "demo"
     n_images: int = Field(16, ge=3, description="images used by the study (train+val+test)")
     size: int = Field(512, ge=64, description="side of the square preprocessed images")
-    scales: list[int] = Field([1, 2, 4, 8], description="zoom levels: 1 and powers of two")
+    scales: list[int] = Field([1, 2, 4, 8], description="zoom levels: 1 and powers of two up to 16")
     workers: int = Field(2, ge=1, description="processes for preprocessing")
     demo: DemoSource = DemoSource()
     folder: FolderSource = FolderSource()
+    extra_folders: list[FolderSource] = Field(
+        [], description="more folders for source 'folder', each with data.folder's keys (its own pattern and "
+        "masks), pooled with data.folder: e.g. HRF and CHASE_DB1 in one study")
     kaggle: KaggleSource = KaggleSource()
     split: SplitConfig = SplitConfig()
     patches: PatchConfig = PatchConfig()
@@ -154,9 +246,10 @@ class DataConfig(_Section):
     def _scales(cls, v: list[int]) -> list[int]:
         if not v:
             raise ValueError("at least one zoom level is needed")
+        allowed = ", ".join(map(str, ZOOMS))
         for s in v:
-            if s < 1 or (s & (s - 1)) != 0:
-                raise ValueError(f"zoom {s} is not 1 or a power of two (allowed: 1, 2, 4, 8, 16)")
+            if s not in ZOOMS:
+                raise ValueError(f"zoom {s} is not 1 or a power of two up to {ZOOMS[-1]}; use zoom levels among {allowed}")
         if len(set(v)) != len(v):
             raise ValueError("zoom levels must be unique")
         return sorted(v)
@@ -174,6 +267,9 @@ class DataConfig(_Section):
             raise ValueError(f"size ({self.size}) must be divisible by the largest zoom ({big})")
         if self.source == "folder" and not self.folder.path:
             raise ValueError("source is 'folder' but folder.path is not set: set data.folder.path")
+        for i, f in enumerate(self.extra_folders):
+            if not f.path:
+                raise ValueError(f"extra_folders[{i}].path is not set: give the folder of the images")
         return self
 
     @property
@@ -195,6 +291,12 @@ class ModelConfig(_Section):
         "deconv", description="transposed conv (paper), resize-then-conv, or sub-pixel conv with ICNR init"
     )
     negative_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope")
+    image_branch: Literal["bicubic", "learned"] = Field(
+        "bicubic",
+        description="image branch of every 2x level: 'bicubic' (fixed Keys a=-0.75 interpolation, residual "
+        "convs start at zero, so an untrained model equals cascaded bicubic) or 'learned' (the paper's "
+        "upsampler of model.upsample, bilinear at init)",
+    )
 
 
 class DiscriminatorConfig(_Section):
@@ -208,6 +310,9 @@ class PhaseConfig(_Section):
     steps: int = Field(200, ge=1)
     lr: float = Field(2e-4, gt=0)
     pixel_weight: float = Field(1.0, ge=0, description="Charbonnier loss summed over pyramid levels")
+    ridge_weight: float = Field(
+        0.0, ge=0, description="vessel-ridge loss (green-channel Hessian dark-ridge response vs HR's, "
+        "losses/ridge.py) on the final output: keeps thin-vessel contrast that a pixel loss trades for PSNR")
 
 
 class PerceptualPhase(PhaseConfig):
@@ -217,7 +322,7 @@ class PerceptualPhase(PhaseConfig):
         "path to a torchvision-format state dict, or 'random' (He et al. 2016 random features)",
     )
     vgg_layers: list[Literal["relu1_2", "relu2_2", "relu3_3", "relu4_3"]] = ["relu2_2", "relu3_3"]
-    vgg_seed: int = Field(0, description="seed for 'random' VGG weights")
+    vgg_seed: Seed = Field(0, description="seed for 'random' VGG weights")
     perceptual_weight: float = Field(0.05, ge=0)
     saliency_weight: float = Field(0.5, ge=0)
 
@@ -251,8 +356,6 @@ class ModifiedPhase(PhaseConfig):
     @field_validator("variants")
     @classmethod
     def _names(cls, v: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
-        import re
-
         if not v:
             raise ValueError("at least one variant is needed")
         for name in v:
@@ -277,6 +380,13 @@ class TrainConfig(_Section):
         "(Loshchilov & Hutter 2017); 'step' halves it after every quarter of the steps (LapSRN-style)",
     )
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (generator and discriminator); null = off")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up at the start of every phase")
+    degradation: Literal["online", "stored"] = Field(
+        "online",
+        description="'online': every step draws a fresh dihedral transform and a fresh blur/noise/JPEG "
+        "realisation of data.patches' ranges for the stored HR crops; 'stored': the fixed lr_x{s} arrays "
+        "of the patches file (one realisation per crop)",
+    )
     max_val_patches: int = Field(64, ge=1, description="validation patches used per zoom")
     l1: PhaseConfig = PhaseConfig(steps=300, lr=2e-4)
     perceptual: PerceptualPhase = PerceptualPhase(steps=150, lr=1e-4)
@@ -291,13 +401,18 @@ class EvaluateConfig(_Section):
     speed_repeats: int = Field(5, ge=1, description="timed runs per model and zoom (after warm-up)")
     figure_images: int = Field(2, ge=0, description="test images that get side-by-side panels")
     vessel_threshold: float | None = Field(None, description="fixed vesselness threshold; null = Otsu per HR image")
+    peers_dir: str | None = Field(
+        None,
+        description="folder of OpenCV dnn_superres .pb files (LapSRN/ESPCN/FSRCNN_x2/x4.pb): the peers a user "
+        "would pick instead, evaluated as rows at x2/x4 (null = off; an absent folder is skipped with the reason)",
+    )
 
 
 # ------------------------------------------------------------------------------------------- mlflow
 class MlflowConfig(_Section):
-    experiment: str = "retina-sr"
-    evaluation_experiment: str = "evaluation"
-    tracking_uri: str = Field(
+    experiment: NonEmptyStr = "retina-sr"
+    evaluation_experiment: NonEmptyStr = "evaluation"
+    tracking_uri: NonEmptyStr = Field(
         "sqlite:///mlflow.db", description="default store; the MLFLOW_TRACKING_URI environment variable wins"
     )
 
@@ -305,7 +420,7 @@ class MlflowConfig(_Section):
 # ------------------------------------------------------------------------------------------- params
 class Params(_Section):
     study: Literal["demo", "full"] = Field("demo", description="which parameter set this is (recorded in runs)")
-    seed: int = 42
+    seed: Seed = Field(42, description="seeds Python, numpy and torch (0 .. 2**32-1)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -329,16 +444,23 @@ class Params(_Section):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+#: what to do, for pydantic's own error types (our validators say it themselves)
+_HINTS = {
+    "finite_number": "; write a finite number (.nan and .inf are not accepted)",
+}
+
+
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid parameters in {source}:"]
+    """One line per problem: ``<file>: <key>: <what is wrong> (got ...)[; <what to do>]``."""
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        msg = e["msg"]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?) - remove it or check the README's list of keys"
         got = e.get("input")
-        shown = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key}: {msg}{shown}")
+        shown = "" if e["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {key}: {msg}{shown}{_HINTS.get(e['type'], '')}")
     return "\n".join(lines)
 
 
@@ -362,15 +484,55 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first at line {first}); keep one of them")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding keys is legitimate
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file strictly (duplicate keys refused); errors are one-line :class:`ConfigError`."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file {path} not found: run from the repository root or pass --params")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {where}not valid YAML ({err.problem or err.context}); fix the syntax there") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}); fix the file") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml(path)
+    if data is None:  # empty, comments only, `---` or `null`: all defaults would be a silent surprise
+        raise ConfigError(f"{path} is empty; write the parameters into it (start from params.yaml) or pass another file")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, got {type(data).__name__}; write `key: value` lines as in params.yaml"
+        )
     return data
 
 

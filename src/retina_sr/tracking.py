@@ -10,6 +10,10 @@
 * **Parallel writers.** SQLite allows one writer at a time; concurrent stages (Snakemake ``--cores 8``)
   can see ``database is locked``. Every write goes through :func:`retry`, which retries such
   transient errors with exponential back-off, so nothing is lost.
+* **A store that cannot be used.** Store setup (:func:`init_store`, the experiment) waits at most
+  :func:`store_wait` seconds in all (``RETINA_SR_MLFLOW_WAIT``, default 60) for a store another process
+  holds locked, then raises :class:`TrackingStoreError`; so does a database file that is not SQLite
+  (corrupt). Its message is one line naming the file and what to do, not SQLAlchemy's traceback.
 * **Runs.** :func:`start_run` is the one context manager used by training and evaluation: it sets the
   URI, creates the store and experiment, starts (or resumes) the run with the common tags (git
   commit, study, data source, params digest) and logs every parameter flattened
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -38,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_URI",
+    "TrackingStoreError",
+    "store_wait",
     "resolve_tracking_uri",
     "sqlite_path",
     "init_store",
@@ -58,10 +66,30 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 _BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH
+#: seconds store setup waits, in all, for a store another process holds locked (RETINA_SR_MLFLOW_WAIT)
+STORE_WAIT = 60.0
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 T = TypeVar("T")
+
+
+class TrackingStoreError(RuntimeError):
+    """The tracking store cannot be used (corrupt, locked past the wait, unopenable); one-line message."""
+
+
+def store_wait() -> float:
+    """Total seconds store setup waits for a locked store: ``RETINA_SR_MLFLOW_WAIT``, else :data:`STORE_WAIT`."""
+    raw = os.environ.get("RETINA_SR_MLFLOW_WAIT", "").strip()
+    if not raw:
+        return STORE_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"RETINA_SR_MLFLOW_WAIT={raw!r} must be a number of seconds (e.g. 60); fix or unset it")
+    return value
 
 
 # ------------------------------------------------------------------------------------------ URIs
@@ -124,38 +152,114 @@ def _is_transient(err: BaseException) -> bool:
     return any(t in text for t in _TRANSIENT)
 
 
-def retry(fn: Callable[..., T], *args: Any, attempts: int = 30, base_delay: float = 0.05, **kwargs: Any) -> T:
+def retry(
+    fn: Callable[..., T],
+    *args: Any,
+    attempts: int = 30,
+    base_delay: float = 0.05,
+    max_wait: float | None = None,
+    **kwargs: Any,
+) -> T:
     """Call ``fn(*args, **kwargs)``, retrying SQLite lock contention with jittered exponential back-off.
 
     Any other error is raised at once; lock contention that outlasts ``attempts`` (about a minute)
-    is raised too, with the original message.
+    or ``max_wait`` seconds in all is raised too, with the original message.
     """
+    deadline = None if max_wait is None else time.monotonic() + max_wait
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - filtered below
             if not _is_transient(err) or i == attempts - 1:
                 raise
-            time.sleep(min(2.0, base_delay * 2**i) * (0.5 + random.random()))
+            delay = min(2.0, base_delay * 2**i) * (0.5 + random.random())
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                delay = min(delay, left)
+            time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------------------ store
-def init_store(uri: str) -> str:
+_CORRUPT = ("file is not a database", "database disk image is malformed", "not a database")
+
+
+def _probe_sqlite(db: Path, deadline: float) -> None:
+    """Open ``db`` as a writer would, briefly: raises ``sqlite3`` errors (locked, not a database).
+
+    Done before MLflow opens the file, whose own busy timeout is 20 s per call and whose engine setup
+    retries a corrupt file for seconds, each failure logged with a traceback.
+    """
+    timeout = max(0.05, min(2.0, deadline - time.monotonic()))
+    con = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True, timeout=timeout, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # waits for a writer that holds the database (up to `timeout`)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: corrupt files fail here
+        con.execute("ROLLBACK")
+    finally:
+        con.close()
+
+
+def _store_error(uri: str, err: BaseException, wait: float) -> TrackingStoreError | None:
+    """One line for an error from opening the store (``None``: not a store problem, re-raise it)."""
+    where = sqlite_path(uri) or uri
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if _is_transient(err):
+        return TrackingStoreError(
+            f"{where}: the MLflow store is still locked after {wait:g} s; another process is writing to it: "
+            "wait for it to finish or stop it, then rerun (RETINA_SR_MLFLOW_WAIT sets the wait in seconds)"
+        )
+    if any(c in text.lower() for c in _CORRUPT):
+        return TrackingStoreError(
+            f"{where}: not an SQLite database, the MLflow store is corrupt ({text}); move it away or delete it "
+            "to start a new store (its runs are lost), or point MLFLOW_TRACKING_URI at another store"
+        )
+    if isinstance(err, sqlite3.Error) or type(err).__module__.startswith("sqlalchemy"):
+        return TrackingStoreError(
+            f"{where}: cannot open the MLflow store ({text}); check the file and that its folder is writable, "
+            "or point MLFLOW_TRACKING_URI at another store"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _store_errors(uri: str, wait: float) -> Iterator[None]:
+    """Turn the errors of opening the store into one-line :class:`TrackingStoreError`."""
+    try:
+        yield
+    except TrackingStoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only store errors are translated, others re-raised
+        clear = _store_error(uri, err, wait)
+        if clear is None:
+            raise
+        raise clear from None
+
+
+def init_store(uri: str, *, wait: float | None = None) -> str:
     """Create the tracking store behind ``uri`` once (schema migration under a file lock).
 
     Safe to call from many processes at once: the first creates/migrates the SQLite database while
-    the others wait on ``<db>-lock``; later calls only open it. Returns ``uri``.
+    the others wait on ``<db>-lock``; later calls only open it. A store another process holds locked
+    is waited for up to ``wait`` seconds in all (default :func:`store_wait`); then, or for a corrupt
+    file, :class:`TrackingStoreError` says which file and what to do. Returns ``uri``.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
+    wait = store_wait() if wait is None else float(wait)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    with _lock_for(uri):
+    with _lock_for(uri), _store_errors(uri, wait):
+        deadline = time.monotonic() + wait
+        if db is not None and db.is_file() and db.stat().st_size:
+            retry(_probe_sqlite, db, deadline, attempts=10_000, max_wait=wait)
         client = MlflowClient(tracking_uri=uri)
-        retry(client.search_experiments, max_results=1)  # creates and migrates the schema
+        left = max(0.0, deadline - time.monotonic())
+        retry(client.search_experiments, max_results=1, max_wait=left)  # creates and migrates the schema
     return uri
 
 
@@ -265,9 +369,11 @@ def start_run(
     """
     import mlflow
 
-    uri = init_store(resolve_tracking_uri(params, root))
+    wait = store_wait()
+    uri = init_store(resolve_tracking_uri(params, root), wait=wait)
     mlflow.set_tracking_uri(uri)
-    exp_id = get_or_create_experiment(experiment, uri)
+    with _store_errors(uri, wait):
+        exp_id = get_or_create_experiment(experiment, uri)
     all_tags = {**common_tags(params, root), **dict(tags or {})}
     resumed = None
     if run_id is not None:

@@ -37,9 +37,13 @@ def load(args: argparse.Namespace):
 def run(main) -> None:
     """Run ``main()`` turning configuration and input errors into one clear line and exit code 2."""
     from retina_sr.config import ConfigError
+    from retina_sr.tracking import TrackingStoreError
 
     try:
         sys.exit(main() or 0)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrackingStoreError as err:  # corrupt or locked MLflow store: a runtime failure
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -48,9 +48,10 @@ class OutputConflictError(FileExistsError):
 def _input_dirs(cfg: DataConfig) -> list[tuple[str, str, bool]]:
     """(key, folder, searched recursively) of every input folder the configured source reads."""
     if cfg.source == "folder":
-        fc = cfg.folder
-        dirs = [("data.folder.path", fc.path, True), ("data.folder.mask_dir", fc.mask_dir, False),
-                ("data.folder.fov_mask_dir", fc.fov_mask_dir, False)]
+        dirs = []
+        for key, fc in _folders(cfg):
+            dirs += [(f"{key}.path", fc.path, True), (f"{key}.mask_dir", fc.mask_dir, False),
+                     (f"{key}.fov_mask_dir", fc.fov_mask_dir, False)]
     elif cfg.source == "kaggle":
         dirs = [("data.kaggle.cache_dir", cfg.kaggle.cache_dir, False)]
     else:
@@ -190,33 +191,48 @@ def _distinct(files: list[Path]) -> list[Path]:
     return out
 
 
-def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
-    """Link/copy the images of ``data.folder`` (and matched masks) into ``out``; returns manifest rows.
+def _folders(cfg: DataConfig) -> list[tuple[str, object]]:
+    """(config key, FolderSource) of ``data.folder`` and every ``data.extra_folders`` entry."""
+    return [("data.folder", cfg.folder)] + [(f"data.extra_folders[{i}]", f) for i, f in enumerate(cfg.extra_folders)]
 
-    Images whose masks are configured but missing get an empty mask entry (with a warning), not an
-    error: the image is still usable for super-resolution.
-    """
-    fc = cfg.folder
+
+def _folder_files(key: str, fc) -> list[tuple[Path, object]]:
+    """The images of one folder source (masks beside them left out), each with its source config."""
     src = Path(fc.path or "")
     if not src.is_dir():
-        raise FileNotFoundError(f"data.folder.path {src} is not a folder: set it to a folder of fundus images")
+        raise FileNotFoundError(f"{key}.path {src} is not a folder: set it to a folder of fundus images")
     files = sorted(p for p in src.rglob(fc.pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     mask_dir = Path(fc.mask_dir) if fc.mask_dir else src
     fov_dir = Path(fc.fov_mask_dir) if fc.fov_mask_dir else src
     # vessel and FOV masks living in the image folder must not be taken as images
     masks = {(d / pat.format(stem=p.stem)).resolve() for p in files
              for d, pat in ((mask_dir, fc.mask_pattern), (fov_dir, fc.fov_mask_pattern)) if pat}
-    files = _distinct([p for p in files if p.resolve() not in masks])
+    files = [p for p in files if p.resolve() not in masks]
     if not files:
-        raise FileNotFoundError(
-            f"no images matching '{fc.pattern}' (jpg/jpeg/png/tif) under {src}: check data.folder.path/pattern"
-        )
+        raise FileNotFoundError(f"no images matching '{fc.pattern}' (jpg/jpeg/png/tif) under {src}: check {key}.path/pattern")
+    return [(p, fc) for p in files]
+
+
+def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
+    """Link/copy the images of ``data.folder`` and ``data.extra_folders`` (and matched masks) into
+    ``out``; returns manifest rows.
+
+    Images whose masks are configured but missing get an empty mask entry (with a warning), not an
+    error: the image is still usable for super-resolution.
+    """
+    pairs = [fp for key, fc in _folders(cfg) for fp in _folder_files(key, fc)]
+    origin = dict(pairs)
+    files = _distinct([p for p, _ in pairs])
     if cfg.n_images and len(files) > cfg.n_images:  # deterministic subset: first n by name (before
         files = files[: cfg.n_images]                 # linking: data/raw holds only what is used)
     out = Path(out)
     rows: list[dict] = []
     seen: set[str] = set()
     for p in files:
+        fc = origin[p]
+        src = Path(fc.path)
+        mask_dir = Path(fc.mask_dir) if fc.mask_dir else src
+        fov_dir = Path(fc.fov_mask_dir) if fc.fov_mask_dir else src
         pid = _safe_id(p.stem)
         while pid in seen:
             pid += "_"

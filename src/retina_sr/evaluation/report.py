@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .compare import compare_to_reference, comparison_markdown
 from .runner import IMAGE_METRICS, SPEED_METRICS, EvaluationResult
 
 __all__ = [
@@ -56,7 +57,8 @@ CONVENTIONS = """\
   clDice is below 0.1.
 """
 
-_FIXED_ORDER = ("input", "nearest", "bicubic", "lanczos", "l1", "perceptual", "adversarial")
+_FIXED_ORDER = ("input", "nearest", "bicubic", "lanczos", "opencv_espcn", "opencv_fsrcnn", "opencv_lapsrn",
+                "l1", "perceptual", "adversarial")
 
 
 def model_order(names) -> list[str]:
@@ -177,7 +179,11 @@ def summary_markdown(result: EvaluationResult, agg: pd.DataFrame) -> str:
         f"- Zooms: {', '.join('x' + str(z) for z in t['zooms'])}. Models: "
         + (", ".join(f"`{e.name}` ({e.path})" for e in result.models) or "none found (baselines only)") + ".",
         f"- Model speed measured on: {result.device}; baselines on CPU (OpenCV).",
+        "- Peers (OpenCV dnn_superres, natural-image weights): "
+        + (", ".join(f"`{p}`" for p in t.get("peers", [])) or "none")
+        + "".join(f"; {n}" for n in t.get("peer_notes", [])) + ".",
         "",
+        *_initialisation(result),
         "## Conventions",
         "",
         CONVENTIONS,
@@ -198,8 +204,26 @@ def summary_markdown(result: EvaluationResult, agg: pd.DataFrame) -> str:
                 cells.append(f"**{s}**" if i in bold[c] and s != "n/a" else s)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += comparison_markdown(compare_to_reference(result.rows), model_order(agg["model"]))
     lines += _verdict(agg)
     return "\n".join(lines) + "\n"
+
+
+def _initialisation(result: EvaluationResult) -> list[str]:
+    """How each model was initialised and how many steps it trained (from its checkpoint's meta)."""
+    lines = []
+    for e in result.models:
+        m = e.meta or {}
+        init = m.get("init_from")
+        if init:
+            start = (f"from `{init.get('path')}` ({init.get('loaded')} tensors inherited, {init.get('skipped')} "
+                     "at initialisation)")
+        else:
+            start = "from initialisation" if m.get("phase") else "unknown (no training metadata)"
+        pre = m.get("pretrain_steps") or 0
+        budget = f"{m.get('steps', 'n/a')} steps" + (f" ({pre} Charbonnier-only catch-up steps first)" if pre else "")
+        lines.append(f"- `{e.name}`: {start}; {budget}; best validation step {m.get('step', 'n/a')}.")
+    return ["## Models and their initialisation", "", *lines, ""] if lines else []
 
 
 # Below this centreline Dice vs the HR vessels, the output keeps too little of the vessel tree for a
@@ -236,6 +260,9 @@ def write_reports(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pa
         "results": write_results_csv(result, out / "results.csv"),
     }
     files.update(write_plot_csvs(agg, out / "plots"))
+    cmp_csv = out / "comparison.csv"
+    compare_to_reference(result.rows).to_csv(cmp_csv, index=False, float_format="%.6g")
+    files["comparison"] = cmp_csv
     s = out / "summary.md"
     s.write_text(summary_markdown(result, agg))
     files["summary"] = s

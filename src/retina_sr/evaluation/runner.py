@@ -25,7 +25,7 @@ import pandas as pd
 from .. import paths
 from ..config import Params
 from .artifacts import checkerboard_score
-from .baselines import upsample
+from .baselines import load_peers, upsample
 from .metrics import cldice, dice, psnr, ssim
 from .testset import (
     ModelEntry,
@@ -321,6 +321,9 @@ def run_evaluation(
         if ts.ids != ids0:
             raise ValueError(f"{ts.path}: test images {ts.ids} differ from those of the other zooms {ids0}; re-run the patches stage")
 
+    peers, peer_notes = load_peers(cfg.peers_dir, params.data.scales)
+    for note in peer_notes:
+        log.warning("%s", note)
     rows: list[dict] = []
     speed: list[dict] = []
     panels: dict = {}
@@ -331,6 +334,7 @@ def run_evaluation(
         for s, ts in sets.items():
             calib = load_calibre_maps(ts.ids, ts.hr.shape[1:3], root)
             candidates = [("input", "input")] if s == 1 else [(b, "baseline") for b in cfg.baselines]
+            candidates += [(name, "peer") for (name, ps) in peers if ps == s]
             usable = [e for e in entries if e.max_scale >= s]
             for e in entries:
                 if e.max_scale < s:
@@ -355,8 +359,9 @@ def run_evaluation(
                 manual = ts.vessels[i] if ts.has_vessels[i] else None
                 key = (ts.ids[i], hashlib.sha1(ts.hr[i].tobytes() + ts.fov[i].tobytes()).hexdigest())
                 outputs: dict[str, np.ndarray] = {}
-                for name, _kind in candidates:
-                    outputs[name] = ts.lr[i].copy() if name == "input" else upsample(ts.lr[i], s, name)
+                for name, kind in candidates:
+                    outputs[name] = (ts.lr[i].copy() if kind == "input" else peers[(name, s)](ts.lr[i])
+                                     if kind == "peer" else upsample(ts.lr[i], s, name))
                 for e in usable:
                     outputs[e.name] = run_model(loaded[e.name], ts.lr[i], s, dev)
                 job = _ScoreJob(
@@ -375,10 +380,11 @@ def run_evaluation(
             # speed: warm, median over speed_repeats on the first test image
             lr0 = ts.lr[0]
             for name, kind in candidates:
-                if kind == "baseline":
-                    ms = time_callable(lambda n=name: upsample(lr0, s, n), cfg.speed_repeats)
+                if kind in ("baseline", "peer"):
+                    fn = (lambda n=name: upsample(lr0, s, n)) if kind == "baseline" else (lambda n=name: peers[(n, s)](lr0))
+                    ms = time_callable(fn, cfg.speed_repeats)
                     speed.append({"model": name, "zoom": s, "ms": ms, "fps": 1000.0 / ms if ms > 0 else math.inf,
-                                  "device": "CPU (OpenCV)"})
+                                  "device": "CPU (OpenCV)" if kind == "baseline" else "CPU (OpenCV DNN)"})
             for e in usable:
                 fn, sync = _model_timer(loaded[e.name], lr0, s, dev)
                 ms = time_callable(fn, cfg.speed_repeats, sync=sync)
@@ -389,4 +395,7 @@ def run_evaluation(
             pool.shutdown(cancel_futures=True)
     rows_df = pd.DataFrame(rows, columns=["image_id", "source", "zoom", "model", "kind", *IMAGE_METRICS])
     speed_df = pd.DataFrame(speed, columns=["model", "zoom", "ms", "fps", "device"])
-    return EvaluationResult(rows_df, speed_df, entries, dev_name, _describe(params, sets), panels)
+    desc = _describe(params, sets)
+    desc["peers"] = sorted({name for name, _ in peers})
+    desc["peer_notes"] = peer_notes
+    return EvaluationResult(rows_df, speed_df, entries, dev_name, desc, panels)

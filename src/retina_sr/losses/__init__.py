@@ -3,6 +3,7 @@
 from .adversarial import GanType, discriminator_loss, generator_adversarial_loss
 from .factory import build_perceptual_loss
 from .pixel import charbonnier, downscale_to, pyramid_charbonnier
+from .ridge import RidgeLoss, ridge_response
 from .saliency import SaliencyLoss, gaussian_blur, intensity_contrast, saliency_map, texture_energy, vesselness
 from .vgg import VGG16_FILE, VGG16_URL, VGG_LAYERS, PerceptualLoss, VGG16Features, VGGWeightsError
 
@@ -10,6 +11,8 @@ __all__ = [
     "charbonnier",
     "downscale_to",
     "pyramid_charbonnier",
+    "RidgeLoss",
+    "ridge_response",
     "VGG16Features",
     "PerceptualLoss",
     "VGGWeightsError",

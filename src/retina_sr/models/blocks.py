@@ -30,6 +30,7 @@ __all__ = [
     "EmbeddingBlock",
     "Upsample2x",
     "bilinear_kernel",
+    "BicubicUp2x",
     "icnr_",
     "init_conv_",
 ]
@@ -164,6 +165,15 @@ def icnr_(weight: Tensor, scale: int = 2, init: Tensor | None = None, negative_s
     # PixelShuffle reads output channel c*s^2 + i for sub-pixel i of channel c
     with torch.no_grad():
         weight.copy_(init.repeat_interleave(scale * scale, dim=0).to(weight))
+
+
+class BicubicUp2x(nn.Module):
+    """Fixed 2x bicubic interpolation (Keys a = -0.75, half-pixel centres, border replicated): the same
+    kernel as OpenCV's ``INTER_CUBIC`` baseline, so a LapSRN whose residuals are zero equals it
+    (cascaded per level). No parameters: every 2x level adds a learned residual on top of it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="bicubic", align_corners=False)
 
 
 class Upsample2x(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, VariantConfig
-from .blocks import EmbeddingBlock, Upsample2x, conv3x3, init_conv_
+from .blocks import BicubicUp2x, EmbeddingBlock, Upsample2x, conv3x3, init_conv_
 
 __all__ = ["LapSRN", "build_model", "apply_variant"]
 
@@ -52,9 +52,14 @@ class LapSRN(nn.Module):
         def embed() -> EmbeddingBlock:
             return EmbeddingBlock(fch, cfg.depth, cfg.block, cfg.recursions, local_skip, slope)
 
+        bicubic = cfg.image_branch == "bicubic"
+
         def residual() -> nn.Conv2d:
             conv = conv3x3(fch, 3)
-            init_conv_(conv, slope, scale=0.1)  # start close to the image branch's interpolation
+            # bicubic image branch: residuals start at zero, so the untrained model *is* the baseline
+            # (x at level 0, cascaded bicubic above) and training can only add to it; learned branch:
+            # small He init, close to the branch's bilinear start (LapSRN)
+            init_conv_(conv, slope, scale=0.0 if bicubic else 0.1)
             return conv
 
         self.head = conv3x3(3, fch)
@@ -65,7 +70,8 @@ class LapSRN(nn.Module):
         n_up = min(1, self._levels) if cfg.share_weights else self._levels
         self.embed = nn.ModuleList([embed() for _ in range(n_embed)])
         self.up_feat = nn.ModuleList([Upsample2x(fch, cfg.upsample, False, slope) for _ in range(n_up)])
-        self.up_img = nn.ModuleList([Upsample2x(3, cfg.upsample, True, slope) for _ in range(n_up)])
+        self.up_img = nn.ModuleList([BicubicUp2x() if bicubic else Upsample2x(3, cfg.upsample, True, slope)
+                                     for _ in range(n_up)])
         self.res = nn.ModuleList([residual() for _ in range(n_up)])
 
     @property
@@ -102,7 +108,8 @@ class LapSRN(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"levels={self._levels}, F={c.features}, D={c.depth}, R={c.recursions}, "
-                f"share_weights={c.share_weights}, block={c.block}, upsample={c.upsample}")
+                f"share_weights={c.share_weights}, block={c.block}, upsample={c.upsample}, "
+                f"image_branch={c.image_branch}")
 
 
 def build_model(cfg: ModelConfig, levels: int) -> LapSRN:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PatchSet", "PatchDataError", "load_patches", "BatchSampler", "to_tensor"]
+__all__ = ["PatchSet", "PatchDataError", "load_patches", "BatchSampler", "OnlineDegrader", "to_tensor"]
 
 
 class PatchDataError(ValueError):
@@ -135,3 +135,41 @@ class BatchSampler:
             )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self._perm = self._permutation(self.epoch)
+
+
+class OnlineDegrader:
+    """Fresh LR inputs every step from the stored HR crops (``train.degradation: online``).
+
+    For step ``k`` a generator seeded with ``(seed, k)`` draws, per patch, one of the 8 dihedral
+    transforms and a blur sigma / noise std / JPEG quality from ``data.patches``' ranges, then applies
+    the patches stage's own :func:`retina_sr.data.patches.degrade`: one degradation model, and a run
+    that resumes at step ``k`` draws exactly what an uninterrupted run would. With fixed LR arrays,
+    100 epochs would show every crop with the same noise 100 times (the model memorises it).
+    """
+
+    def __init__(self, cfg, seed: int) -> None:
+        self.cfg, self.seed = cfg, int(seed)
+
+    def __call__(self, hr: np.ndarray, zoom: int, step: int,
+                 fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``hr`` uint8 (N, c, c, 3) [+ ``fov`` bool (N, c, c)] -> (transformed HR, its LR
+        (N, c/zoom, c/zoom, 3), transformed FOV or None)."""
+        from ..data.patches import degrade
+
+        pc = self.cfg
+        rng = np.random.default_rng([self.seed, 0x5EED, int(step)])
+        hrs, lrs, fovs = [], [], []
+        for i, img in enumerate(hr):
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            img = np.ascontiguousarray(_dihedral(img, k, flip))
+            if fov is not None:
+                fovs.append(_dihedral(fov[i], k, flip))
+            q = int(rng.integers(pc.jpeg_quality[0], pc.jpeg_quality[1] + 1)) if pc.jpeg_quality else None
+            lrs.append(degrade(img, zoom, float(rng.uniform(*pc.blur_sigma)), float(rng.uniform(*pc.noise_std)),
+                               rng, q, pc.poisson_peak))
+            hrs.append(img)
+        return np.stack(hrs), np.stack(lrs), (np.ascontiguousarray(np.stack(fovs)) if fov is not None else None)
+
+
+def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    return np.rot90(a[:, ::-1] if flip else a, k)

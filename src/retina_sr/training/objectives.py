@@ -40,8 +40,14 @@ class LossSpec:
 
     pixel_weight: float
     charbonnier_eps: float
+    ridge_weight: float = 0.0
     perceptual: PerceptualPhase | None = None
     adversarial: AdversarialPhase | None = None
+
+    @property
+    def uses_fov(self) -> bool:
+        """Only the saliency term reads the FOV mask: other phases need not copy it to the device."""
+        return self.perceptual is not None and self.perceptual.saliency_weight > 0
 
 
 def loss_spec(params: Params, phase: str) -> LossSpec:
@@ -50,11 +56,11 @@ def loss_spec(params: Params, phase: str) -> LossSpec:
     cfg: PhaseConfig = getattr(t, phase)
     eps = t.charbonnier_eps
     if phase == "l1":
-        return LossSpec(cfg.pixel_weight, eps)
+        return LossSpec(cfg.pixel_weight, eps, cfg.ridge_weight)
     if phase == "perceptual":
-        return LossSpec(cfg.pixel_weight, eps, perceptual=t.perceptual)
+        return LossSpec(cfg.pixel_weight, eps, cfg.ridge_weight, perceptual=t.perceptual)
     if phase in ("adversarial", "modified"):
-        return LossSpec(cfg.pixel_weight, eps, perceptual=t.perceptual, adversarial=t.adversarial)
+        return LossSpec(cfg.pixel_weight, eps, cfg.ridge_weight, perceptual=t.perceptual, adversarial=t.adversarial)
     raise ValueError(f"unknown phase {phase!r}: use l1, perceptual, adversarial or modified")
 
 
@@ -70,6 +76,11 @@ class PhaseLosses(nn.Module):
         from ..losses import PerceptualLoss, SaliencyLoss, VGG16Features
 
         self.spec = spec
+        self.ridge: nn.Module | None = None
+        if spec.ridge_weight > 0:
+            from ..losses.ridge import RidgeLoss
+
+            self.ridge = RidgeLoss(eps=spec.charbonnier_eps)
         self.perceptual: nn.Module | None = None
         self.saliency: nn.Module | None = None
         self.vgg_description = "none"
@@ -87,8 +98,11 @@ class PhaseLosses(nn.Module):
         return self.spec.adversarial is not None
 
     def generator(self, outputs: list[Tensor], hr: Tensor, fov: Tensor | None = None,
-                  disc: nn.Module | None = None, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        """Generator loss for the pyramid ``outputs`` of one batch against ``hr`` (fp32 losses)."""
+                  disc: nn.Module | None = None, step: int = 0, pixel_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Generator loss for the pyramid ``outputs`` of one batch against ``hr`` (fp32 losses).
+
+        ``pixel_only``: the Charbonnier term alone (a modified variant catching up on the L1 budget);
+        ``step`` counts the phase's own steps (the adversarial warm-up)."""
         from ..losses import generator_adversarial_loss, pyramid_charbonnier
 
         s = self.spec
@@ -99,6 +113,12 @@ class PhaseLosses(nn.Module):
         if s.pixel_weight > 0:
             terms["pixel"] = pyramid_charbonnier(outputs, hr, s.charbonnier_eps)
             total = total + s.pixel_weight * terms["pixel"]
+        if self.ridge is not None:
+            terms["ridge"] = self.ridge(final, hr)
+            total = total + s.ridge_weight * terms["ridge"]
+        if pixel_only:
+            terms["loss"] = total
+            return total, {k: v.detach() for k, v in terms.items()}
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(final, hr)
             total = total + s.perceptual.perceptual_weight * terms["perceptual"]

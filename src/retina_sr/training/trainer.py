@@ -41,7 +41,7 @@ from torch import nn
 from .. import paths
 from ..config import ModelConfig, Params, PhaseConfig
 from ..runtime import device_name, file_sha256, git_commit, pick_device, seed_everything
-from .data import BatchSampler, PatchSet, load_patches, to_tensor
+from .data import BatchSampler, OnlineDegrader, PatchSet, load_patches, to_tensor
 from .ema import ModelEMA
 from .objectives import PhaseLosses, loss_spec
 from .state import capture_rng, fingerprint, load_state, restore_rng, save_state
@@ -163,15 +163,21 @@ def build_optimizer(module: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int,
+                    warmup: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     """``cosine``: cosine annealing from lr to lr/100 over ``steps`` (Loshchilov & Hutter 2017, no
-    restarts); ``step``: halve the lr after every quarter of ``steps`` (LapSRN's step decay)."""
+    restarts); ``step``: halve the lr after every quarter of ``steps`` (LapSRN's step decay). With
+    ``warmup`` > 0 the lr first rises linearly from lr/warmup over ``warmup`` steps (Goyal et al. 2017)."""
+    steps = max(1, steps)
     if kind == "cosine":
-        base = opt.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps), eta_min=base / 100)
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, steps // 4), gamma=0.5)
-    raise ValueError(f"unknown train.lr_schedule {kind!r}: use 'cosine' or 'step'")
+        def decay(k: int) -> float:
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps))
+    elif kind == "step":
+        def decay(k: int) -> float:
+            return 0.5 ** (k // max(1, steps // 4))
+    else:
+        raise ValueError(f"unknown train.lr_schedule {kind!r}: use 'cosine' or 'step'")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup) * decay(k) if warmup else decay(k))
 
 
 def _clip(module: nn.Module, max_norm: float | None) -> torch.Tensor | None:
@@ -216,6 +222,12 @@ class _Run:
         self.init: dict[str, Any] | None = None
         if plan.init_from is not None:
             self.init = init_weights(self.model, plan.init_from, plan.partial_init, self.levels)
+        # A variant that inherits only part of its weights first catches up on the Charbonnier budget of
+        # the main line (train.l1.steps, pixel loss only), then runs its own steps with the full loss set:
+        # it is compared with the unmodified model at an equal training budget, not after a few steps
+        # from mostly random weights.
+        self.pretrain = t.l1.steps if plan.partial_init and self.init is not None and self.init["skipped"] else 0
+        self.total_steps = self.pretrain + plan.cfg.steps
         self.spec = loss_spec(params, plan.phase)
         self.losses = PhaseLosses(self.spec).to(device)
         self.disc: nn.Module | None = None
@@ -223,11 +235,12 @@ class _Run:
         if self.spec.adversarial is not None:
             self.disc = Discriminator(self.spec.adversarial.discriminator).to(device, memory_format=mf)
             self.opt_d = build_optimizer(self.disc, self.spec.adversarial.lr_d)
-            self.sched_d = build_scheduler(self.opt_d, t.lr_schedule, plan.cfg.steps)
+            self.sched_d = build_scheduler(self.opt_d, t.lr_schedule, self.total_steps, t.warmup_steps)
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay is not None else None
         self.opt_g = build_optimizer(self.model, plan.cfg.lr)
-        self.sched_g = build_scheduler(self.opt_g, t.lr_schedule, plan.cfg.steps)
+        self.sched_g = build_scheduler(self.opt_g, t.lr_schedule, self.total_steps, t.warmup_steps)
         self.sampler = BatchSampler(len(train), t.batch_size, params.seed)
+        self.degrader = OnlineDegrader(params.data.patches, params.seed) if t.degradation == "online" else None
         self.train_data = train
         self.step = 0
         self.best_val = -math.inf
@@ -252,17 +265,21 @@ class _Run:
         t = self.params.train
         zoom = self.scales[self.step % len(self.scales)]
         idx = self.sampler.next()
-        lr = to_tensor(self.train_data.lr[zoom][idx], self.device, self.channels_last)
-        hr = to_tensor(self.train_data.hr[idx], self.device, self.channels_last)
-        fov = None
-        if self.train_data.fov is not None:
-            fov = torch.from_numpy(self.train_data.fov[idx]).to(self.device)
+        fov_np = self.train_data.fov[idx] if self.train_data.fov is not None and self.spec.uses_fov else None
+        if self.degrader is not None:
+            hr_np, lr_np, fov_np = self.degrader(self.train_data.hr[idx], zoom, self.step, fov_np)
+        else:
+            hr_np, lr_np = self.train_data.hr[idx], self.train_data.lr[zoom][idx]
+        lr = to_tensor(lr_np, self.device, self.channels_last)
+        hr = to_tensor(hr_np, self.device, self.channels_last)
+        fov = None if fov_np is None else torch.from_numpy(fov_np).to(self.device, non_blocking=True)
         self.model.train()
         if self.disc is not None:
             self.disc.requires_grad_(False)  # the generator step does not train D
+        pixel_only = self.step < self.pretrain
         with autocast(self.device, self.amp):
             outs = self.model(lr, n_up=int(math.log2(zoom)))
-            loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step)
+            loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain, pixel_only)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gn = _clip(self.model, t.grad_clip)
@@ -270,7 +287,7 @@ class _Run:
             terms["grad_norm"] = gn
         self.opt_g.step()
         self.sched_g.step()
-        if self.disc is not None:
+        if self.disc is not None and not pixel_only:
             self.disc.requires_grad_(True)
             with autocast(self.device, self.amp):
                 d_loss, d_terms = self.losses.discriminator(outs[-1].detach().float(), hr, self.disc)
@@ -310,7 +327,7 @@ class _Run:
             "phase": self.plan.phase,
             "variant": self.plan.variant,
             "step": self.step,
-            "steps": self.plan.cfg.steps,
+            "steps": self.total_steps,
             "model": _cpu_state(self.model),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "disc": _cpu_state(self.disc) if self.disc is not None else None,
@@ -379,7 +396,7 @@ def _write_plots(path: Path, history: dict[int, dict[str, float]], scales: list[
             if k not in keys:
                 keys.append(k)
     val_cols = [f"val_psnr_x{s}" for s in scales] + ["val_psnr_mean"]
-    first = ["loss", "pixel", "perceptual", "saliency", "adv_g", "d", "d_acc", "grad_norm", "lr"]
+    first = ["loss", "pixel", "ridge", "perceptual", "saliency", "adv_g", "d", "d_acc", "grad_norm", "lr"]
     cols = ["step"] + [k for k in first if k in keys] + sorted(k for k in keys if k not in first and k not in val_cols) \
         + [k for k in val_cols if k in keys]
     tmp = path.with_suffix(".csv.tmp")
@@ -406,6 +423,8 @@ def _checkpoint_meta(params: Params, plan: PhasePlan, run: _Run, data_hash: str)
         "val_psnr": run.best_psnr.get("mean"),
         "val_psnr_per_zoom": {k: v for k, v in run.best_psnr.items() if k != "mean"},
         "init_from": None if run.init is None else {k: run.init[k] for k in ("path", "sha256", "loaded", "skipped", "unused")},
+        "pretrain_steps": run.pretrain,
+        "steps": run.total_steps,
         "seed": params.seed,
         "params_digest": params.digest(),
         "git_commit": git_commit(plan.root),
@@ -445,8 +464,9 @@ def train_phase(
     fp = _fingerprint(params, plan, data_hash, run.init)
     out = plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    last_path, model_path = root / paths.resume_file(plan.phase, plan.variant), out / "model.pt"
+    last_path = root / paths.resume_file(plan.phase, plan.variant)
     last_path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_products(out, last_path.parent)
 
     resumed_from: int | None = None
     state = load_state(last_path)
@@ -454,7 +474,7 @@ def train_phase(
         if state.get("fingerprint") == fp:
             run.load_state_dict(state)
             resumed_from = run.step
-            print(f"[train {plan.name}] resuming from {last_path} at step {run.step}/{plan.cfg.steps}")
+            print(f"[train {plan.name}] resuming from {last_path} at step {run.step}/{run.total_steps}")
         else:
             print(f"[train {plan.name}] {last_path} belongs to another configuration or data; starting over")
     del state
@@ -463,7 +483,11 @@ def train_phase(
     try:
         if tracker is not None:
             tracker.start()
-        steps = plan.cfg.steps
+        steps = run.total_steps
+        if run.pretrain:
+            print(f"[train {plan.name}] {run.init['skipped']} of {run.init['loaded'] + run.init['skipped']} tensors "
+                  f"start from initialisation: {run.pretrain} Charbonnier steps (train.l1.steps) before "
+                  f"{plan.cfg.steps} steps with the phase's full loss set")
         bar = tqdm(total=steps, initial=run.step, desc=f"train {plan.name}", disable=not progress,
                    mininterval=2.0, dynamic_ncols=True)
 
@@ -490,19 +514,15 @@ def train_phase(
                     vrow = {f"val_psnr_{k}": v for k, v in psnr.items()}
                     run.history[step].update(vrow)
                     metrics.update(vrow)
-                    if psnr["mean"] > run.best_val:
+                    if psnr["mean"] > run.best_val:  # kept in memory and in last.pt; model.pt only at the end
                         run.best_val, run.best_step, run.best_psnr = psnr["mean"], step, psnr
                         run.best_state = _cpu_state(run.eval_model)
-                        from ..models.checkpoint import save_model
-
-                        save_model(model_path, run.eval_model, _checkpoint_meta(params, plan, run, data_hash))
                     bar.write(f"[train {plan.name}] step {step}: val PSNR " +
                               ", ".join(f"{k} {v:.2f}" for k, v in psnr.items()) + f" (best {run.best_val:.2f} @ {run.best_step})")
                 if tracker is not None:
                     tracker.log(metrics, step)
                 if step % t.checkpoint_every == 0 or step == steps:
                     save_state(last_path, run.state_dict(fp))
-                    _write_plots(out / "plots.csv", run.history, run.scales)
                 t0 = time.perf_counter()
             if on_step is not None:
                 on_step(step)
@@ -515,6 +535,20 @@ def train_phase(
     if tracker is not None:
         tracker.close(failed=False)
     return result
+
+
+def _clear_products(out: Path, resume_dir: Path) -> None:
+    """A starting stage removes its own previous products and orphan ``*.tmp`` files of a killed write.
+
+    ``model.pt``, ``metrics.json`` and ``plots.csv`` are written only when the stage finishes, so a
+    stage killed mid-run leaves no file that looks like a finished model (the resume state in
+    ``models/.resume`` is enough to continue).
+    """
+    for name in ("model.pt", "metrics.json", "plots.csv"):
+        (out / name).unlink(missing_ok=True)
+    for d in (out, resume_dir):
+        for tmp in d.glob("*.tmp"):
+            tmp.unlink()
 
 
 def _finish(params: Params, plan: PhasePlan, run: _Run, val: PatchSet, data_hash: str,
@@ -540,6 +574,7 @@ def _finish(params: Params, plan: PhasePlan, run: _Run, val: PatchSet, data_hash
     if run.init is not None:
         metrics["init_loaded"] = run.init["loaded"]
         metrics["init_skipped"] = run.init["skipped"]
+        metrics["pretrain_steps"] = run.pretrain
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_plots(out / "plots.csv", run.history, run.scales)
     if tracker is not None:
