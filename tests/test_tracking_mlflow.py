@@ -256,3 +256,26 @@ def test_store_wait_env_is_checked(monkeypatch):
         tracking.store_wait()
     monkeypatch.setenv("RETINA_SR_MLFLOW_WAIT", "2.5")
     assert tracking.store_wait() == 2.5
+
+
+def test_training_registers_its_model_and_models_uri_loads_it(tmp_path, monkeypatch):
+    """Every training stage registers model.pt as a version of mlflow.registered_model, so the README's
+    `--model models:/retina-sr/<version>` works (registry round trip through the Enhancer)."""
+    import mlflow
+    import numpy as np
+
+    from retina_sr.inference import Enhancer
+    from retina_sr.training import train_phase
+    from test_training_data import make_patches, tiny_params
+
+    uri = f"sqlite:///{tmp_path}/reg.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    make_patches(tmp_path)
+    params, _ = tiny_params(tmp_path)
+    train_phase(params, "l1", root=tmp_path, progress=False, track=True)
+    mv = mlflow.MlflowClient(uri).get_model_version("retina-sr", "1")
+    assert mv.tags["phase"] == "l1" and mv.tags["study"] == params.study
+    enh = Enhancer.from_checkpoint("models:/retina-sr/1", tracking_uri=uri)
+    out = enh.enhance(np.full((8, 8, 3), 120, np.uint8), 2)
+    assert out.shape == (16, 16, 3)

@@ -415,11 +415,16 @@ class MlflowConfig(_Section):
     tracking_uri: NonEmptyStr = Field(
         "sqlite:///mlflow.db", description="default store; the MLFLOW_TRACKING_URI environment variable wins"
     )
+    registered_model: NonEmptyStr = Field(
+        "retina-sr", description="model-registry name: every training stage registers its model.pt as a new "
+        "version (tags phase, variant, study), so `--model models:/retina-sr/<version>` works")
 
 
 # ------------------------------------------------------------------------------------------- params
 class Params(_Section):
-    study: Literal["demo", "full"] = Field("demo", description="which parameter set this is (recorded in runs)")
+    study: Literal["demo", "real", "full"] = Field(
+        "demo", description="which parameter set this is (recorded in runs): demo, real (HRF + CHASE_DB1 folder "
+        "study, conf/study/real.yaml) or full (Kaggle EyePACS)")
     seed: Seed = Field(42, description="seeds Python, numpy and torch (0 .. 2**32-1)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

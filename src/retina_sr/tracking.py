@@ -349,6 +349,32 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     retry(mlflow.log_artifact, str(path), artifact_path=artifact_path)
 
 
+def register_model(name: str, artifact_path: str, tags: Mapping[str, Any] | None = None,
+                   description: str | None = None) -> str:
+    """Register the active run's ``artifact_path`` folder as a new version of registered model ``name``
+    (created when absent); returns the version. ``models:/<name>/<version>`` then downloads that folder.
+
+    (MLflow 3's ``mlflow.register_model`` accepts only logged models; our checkpoints are plain files, so
+    the version is created from the artifact location with the client.)
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("register_model needs an active MLflow run")
+    try:
+        retry(client.create_registered_model, name)
+    except MlflowException as err:
+        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+            raise
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = retry(client.create_model_version, name, source, run_id=run.info.run_id,
+               tags={k: str(v) for k, v in (tags or {}).items() if v is not None}, description=description)
+    return str(mv.version)
+
+
 @contextlib.contextmanager
 def start_run(
     params: Params,

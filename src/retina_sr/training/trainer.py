@@ -634,6 +634,13 @@ class _Tracker:
             tracking.log_artifact(grid, "validation")
         tracking.log_artifact(model_path, "checkpoint")
         tracking.log_artifact(model_path.parent / "metrics.json", "checkpoint")
+        name = self.params.mlflow.registered_model
+        version = tracking.register_model(
+            name, "checkpoint", {"phase": self.plan.phase, "variant": self.plan.variant, "study": self.params.study,
+                                 "dvc_stage": self.plan.stage},
+            f"{self.plan.name} model of the {self.params.study} study (best validation step {metrics['best_step']})")
+        tracking.set_tags({"registered_model": f"models:/{name}/{version}"})
+        print(f"[train {self.plan.name}] registered as models:/{name}/{version}")
 
     def close(self, failed: bool) -> None:
         if self._cm is None:
