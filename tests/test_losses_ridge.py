@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from retina_sr.losses.ridge import RidgeLoss, _kernels, ridge_response
+from retina_sr.losses.ridge import RidgeLoss, _bank, ridge_response
 
 
 def _line_image(width: float = 1.5, contrast: float = 0.3, size: int = 48) -> torch.Tensor:
@@ -17,7 +17,7 @@ def _line_image(width: float = 1.5, contrast: float = 0.3, size: int = 48) -> to
 
 def test_dark_line_gives_a_ridge_and_flat_image_none():
     sig = (0.7, 1.4, 2.8)
-    ks = [_kernels(s) for s in sig]
+    ks = _bank(sig)
     line = ridge_response(_line_image()[:, 1:2], ks, sig)
     flat = ridge_response(torch.full((1, 1, 48, 48), 0.5), ks, sig)
     assert float(flat.abs().max()) < 1e-4

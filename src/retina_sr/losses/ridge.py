@@ -43,25 +43,37 @@ def _kernels(sigma: float) -> Tensor:
     return torch.stack([g, d1, d2]).float()
 
 
-def _sep(img: Tensor, kx: Tensor, ky: Tensor) -> Tensor:
-    r = kx.numel() // 2
-    x = F.pad(img, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, kx.view(1, 1, 1, -1))
-    return F.conv2d(x, ky.view(1, 1, -1, 1))
+def _bank(sigmas: tuple[float, ...]) -> tuple[Tensor, Tensor, int]:
+    """Separable filter bank for every sigma at once: a (3S, 1, 1, K) x-pass producing (G, D1, D2) per
+    sigma and a grouped (3S, 1, K, 1) y-pass turning them into (Iyy, Ixy, Ixx); K = 2R + 1 for the largest
+    radius R (smaller kernels zero-padded). Two conv calls instead of six per sigma."""
+    ks = [_kernels(s) for s in sigmas]
+    r = max(k.shape[1] for k in ks) // 2
+    kx, ky = [], []
+    for k in ks:
+        pad = r - k.shape[1] // 2
+        g, d1, d2 = (F.pad(v, (pad, pad)) for v in k)
+        kx += [g, d1, d2]
+        ky += [d2, d1, g]  # G->Iyy, D1->Ixy, D2->Ixx
+    return torch.stack(kx)[:, None, None, :], torch.stack(ky)[:, None, :, None], r
 
 
-def ridge_response(green: Tensor, kernels: list[Tensor], sigmas: tuple[float, ...]) -> Tensor:
-    """``green`` (N, 1, H, W) -> (N, S, H, W) dark-ridge response ``sigma^2 * max(lambda_max, 0)``."""
+def ridge_response(green: Tensor, bank: tuple[Tensor, Tensor, int], sigmas: tuple[float, ...]) -> Tensor:
+    """``green`` (N, 1, H, W) -> (N, S, H, W) dark-ridge response ``sigma^2 * max(lambda_max, 0)``.
+
+    ``bank`` is :func:`_bank` of ``sigmas``; borders are reflected."""
     if green.dim() != 4 or green.shape[1] != 1:
         raise ValueError(f"ridge_response expects (N, 1, H, W), got {tuple(green.shape)}")
-    out = []
-    for s, k in zip(sigmas, kernels):
-        g, d1, d2 = k[0], k[1], k[2]
-        ixx, iyy, ixy = _sep(green, d2, g), _sep(green, g, d2), _sep(green, d1, d1)
-        half_tr = (ixx + iyy) / 2
-        disc = torch.sqrt(((ixx - iyy) / 2) ** 2 + ixy**2 + 1e-12)
-        out.append((s * s) * torch.relu(half_tr + disc))
-    return torch.cat(out, dim=1)
+    kx, ky, r = bank
+    x = F.pad(green, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, kx)  # (N, 3S, H + 2r, W)
+    x = F.conv2d(x, ky, groups=ky.shape[0])  # (N, 3S, H, W): per sigma (Iyy, Ixy, Ixx)
+    n, _, h, w = x.shape
+    x = x.view(n, len(sigmas), 3, h, w)
+    iyy, ixy, ixx = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+    lam = (ixx + iyy) / 2 + torch.sqrt(((ixx - iyy) / 2) ** 2 + ixy**2 + 1e-12)
+    scale = torch.tensor([s * s for s in sigmas], dtype=green.dtype, device=green.device).view(1, -1, 1, 1)
+    return scale * torch.relu(lam)
 
 
 class RidgeLoss(nn.Module):
@@ -72,15 +84,16 @@ class RidgeLoss(nn.Module):
         if not sigmas or min(sigmas) <= 0:
             raise ValueError(f"RidgeLoss needs positive sigmas, got {sigmas}")
         self.sigmas, self.eps = tuple(float(s) for s in sigmas), float(eps)
-        for i, s in enumerate(self.sigmas):
-            self.register_buffer(f"k{i}", _kernels(s), persistent=False)
+        kx, ky, self.radius = _bank(self.sigmas)
+        self.register_buffer("kx", kx, persistent=False)
+        self.register_buffer("ky", ky, persistent=False)
 
     def forward(self, output: Tensor, hr: Tensor) -> Tensor:
         if output.shape != hr.shape or output.dim() != 4 or output.shape[1] != 3:
             raise ValueError(f"RidgeLoss needs two (N, 3, H, W) tensors of one shape, got {tuple(output.shape)} "
                              f"and {tuple(hr.shape)}")
-        ks = [getattr(self, f"k{i}") for i in range(len(self.sigmas))]
-        ro = ridge_response(output[:, 1:2].float(), ks, self.sigmas)
+        bank = (self.kx, self.ky, self.radius)
+        ro = ridge_response(output[:, 1:2].float(), bank, self.sigmas)
         with torch.no_grad():
-            rh = ridge_response(hr[:, 1:2].float(), ks, self.sigmas)
+            rh = ridge_response(hr[:, 1:2].float(), bank, self.sigmas)
         return torch.sqrt((ro - rh) ** 2 + self.eps**2).mean()
