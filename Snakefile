@@ -86,6 +86,7 @@ rule evaluate:
         expand("models/modified/{variant}/{f}", variant=VARIANTS, f=["model.pt", "metrics.json", "plots.csv"]),
     output:
         "reports/results.csv",
+        "reports/comparison.csv",
         "reports/summary.md",
         directory("reports/figures"),
         directory("reports/plots"),

@@ -44,7 +44,7 @@ def _metric_table(cmp: pd.DataFrame, name: str) -> list[str]:
 
 
 def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, data_note: str,
-               train_note: str) -> str:
+               train_note: str, limits_note: str = "") -> str:
     m = meta["model"]
     arch = (f"LapSRN (Lai et al. 2017), F={m['features']}, D={m['depth']}, R={m.get('recursions', 1)}, "
             f"upsample={m['upsample']}, image branch={m.get('image_branch', 'learned')}, levels={meta['levels']} "
@@ -53,7 +53,9 @@ def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, d
     return "\n".join([
         f"# Model card: `{name}`",
         "",
-        f"Bundled with retina-sr; `retina-sr zoom eye.jpg --zoom 4` uses it when no `--model` is given. "
+        (f"Bundled with retina-sr; `retina-sr zoom eye.jpg --zoom 4` uses it when no `--model` is given. "
+         if meta.get("default", True) else f"Bundled with retina-sr; use it with `retina-sr zoom eye.jpg --model {name}`. ")
+        +
         f"File `{meta.get('file', name + '.pt')}`, sha256 `{sha}` (checked on every load).",
         "",
         "## Model",
@@ -88,6 +90,7 @@ def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, d
         "(Gaussian blur, area downscale, Gaussian noise): other cameras, compression, motion blur or the real "
         "optics of a surgical microscope may give smaller gains or artifacts. Check on your own images with "
         "`retina-sr evaluate` before relying on it.",
+        *([limits_note] if limits_note else []),
         "- x8 recovers little of the vessel tree (see the vessel Dice in the table): use x2/x4 for analysis, x8 "
         "for viewing only.",
         f"- Card written {date.today().isoformat()} by `retina-sr bundle-model`.",
@@ -97,7 +100,7 @@ def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, d
 
 def bundle_model(params: Params, model: str | Path, name: str, root: str | Path = ".", data_note: str = "",
                  train_note: str = "", weights_dir: Path = WEIGHTS_DIR, default: bool = True,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, card_name: str = "MODEL_CARD.md", limits_note: str = "") -> dict:
     """Evaluate ``model`` on ``root``'s held-out test split, then copy it to ``weights_dir/<name>.pt``,
     write ``MODEL_CARD.md`` and register it in ``registry.json``; returns the registry entry."""
     from .stage import evaluate_study
@@ -112,8 +115,9 @@ def bundle_model(params: Params, model: str | Path, name: str, root: str | Path 
     dst = weights_dir / f"{name}.pt"
     shutil.copyfile(model, dst)
     sha = _sha256(dst)
-    card = weights_dir / "MODEL_CARD.md"
-    card.write_text(model_card(name, {**meta, "file": dst.name}, sha, cmp, result.test_description, data_note, train_note))
+    card = weights_dir / card_name
+    card.write_text(model_card(name, {**meta, "file": dst.name, "default": default}, sha, cmp, result.test_description, data_note,
+                               train_note, limits_note))
     reg_path = weights_dir / "registry.json"
     reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {"models": []}
     entry = {"name": name, "file": dst.name, "sha256": sha, "card": card.name, "default": default,

@@ -61,7 +61,8 @@ def _bundle(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     read = lambda p: Path(p).read_text().strip() if p else ""  # noqa: E731
     entry = bundle_model(params, args.model, args.name, root=args.root, data_note=read(args.data_note),
-                         train_note=read(args.train_note), progress=not args.quiet)
+                         train_note=read(args.train_note), progress=not args.quiet, default=not args.not_default,
+                         card_name=args.card, limits_note=read(args.limits_note))
     print(f"bundled {args.model} as {entry['name']} ({entry['file']}, sha256 {entry['sha256'][:12]}...)")
     print(entry["comparison"].to_string(index=False))
     return 0
@@ -83,5 +84,8 @@ def register(sub) -> None:
     b.add_argument("--root", default=".", help="study folder holding data/patches/test_x*.npz")
     b.add_argument("--data-note", default=None, help="markdown file: the training data and its attribution")
     b.add_argument("--train-note", default=None, help="markdown file: how it was trained (params, budget, machine)")
+    b.add_argument("--limits-note", default=None, help="markdown file: extra limits of this model for its card")
+    b.add_argument("--card", default="MODEL_CARD.md", help="model card file name in the weights folder")
+    b.add_argument("--not-default", action="store_true", help="bundle without making it the default model")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_bundle)
