@@ -199,3 +199,18 @@ def test_paths_with_spaces_are_quoted_in_shell_commands(tmp_path):
     assert len(argvs) >= 5, out[-3000:]
     for argv in argvs:
         assert _params_args(argv) == ["params.yaml", "conf/study/my full.yaml", str(outside)], argv
+
+
+def test_snakemake_refuses_an_input_folder_inside_a_stage_output_before_any_job(tmp_path):
+    """Snakemake deletes a job's old outputs before it runs: a data.folder.path inside data/raw must be
+    refused when the Snakefile is read, before any job, and the user's photographs stay."""
+    repo = _copy_repo(tmp_path / "repo")
+    photos = repo / "data" / "raw" / "photos"
+    photos.mkdir(parents=True)
+    (photos / "eye.jpg").write_bytes(b"a user's photograph")
+    (repo / "mine.yaml").write_text("data:\n  source: folder\n  folder:\n    path: data/raw/photos\n")
+    res = _snakemake(["--cores", "1", "evaluate", "--configfile", "mine.yaml"], repo)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "data.folder.path data/raw/photos: lies in data/raw" in out, out[-3000:]
+    assert (photos / "eye.jpg").read_bytes() == b"a user's photograph"
