@@ -9,7 +9,6 @@ here, never typed by hand.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -21,13 +20,10 @@ import pandas as pd
 from ..config import Params
 from ..models.bundled import WEIGHTS_DIR
 from ..models.checkpoint import read_checkpoint
+from ..runtime import file_sha256
 from .compare import compare_to_reference
 
 __all__ = ["bundle_model", "model_card"]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _metric_table(cmp: pd.DataFrame, name: str) -> list[str]:
@@ -114,7 +110,7 @@ def bundle_model(params: Params, model: str | Path, name: str, root: str | Path 
     weights_dir.mkdir(parents=True, exist_ok=True)
     dst = weights_dir / f"{name}.pt"
     shutil.copyfile(model, dst)
-    sha = _sha256(dst)
+    sha = file_sha256(dst)
     card = weights_dir / card_name
     card.write_text(model_card(name, {**meta, "file": dst.name, "default": default}, sha, cmp, result.test_description, data_note,
                                train_note, limits_note))

@@ -8,11 +8,11 @@ held-out metrics against bicubic, intended use and limits.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime import file_sha256
 from .checkpoint import CheckpointError
 
 __all__ = ["WEIGHTS_DIR", "BundledModel", "bundled_models", "bundled_checkpoint", "default_model_name", "is_bundled_name"]
@@ -64,14 +64,6 @@ def is_bundled_name(name: str) -> bool:
     return any(m.name == name for m in bundled_models())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def bundled_checkpoint(name: str | None = None) -> Path:
     """The checked path of bundled model ``name`` (default: the default model).
 
@@ -86,7 +78,7 @@ def bundled_checkpoint(name: str | None = None) -> Path:
     m = models[name]
     if not m.path.is_file():
         raise CheckpointError(f"{m.path}: bundled model {name!r} is missing from this installation; reinstall retina-sr")
-    digest = _sha256(m.path)
+    digest = file_sha256(m.path)
     if digest != m.sha256:
         raise CheckpointError(f"{m.path}: sha256 {digest[:12]}... does not match the registry's {m.sha256[:12]}... "
                               "(corrupt or replaced weights); reinstall retina-sr")
