@@ -21,7 +21,6 @@ from ..config import Params
 from ..models.bundled import WEIGHTS_DIR
 from ..models.checkpoint import read_checkpoint
 from ..runtime import file_sha256
-from .compare import compare_to_reference
 
 __all__ = ["bundle_model", "model_card"]
 
@@ -104,9 +103,9 @@ def bundle_model(params: Params, model: str | Path, name: str, root: str | Path 
     model = Path(model)
     meta = read_checkpoint(model)["meta"]
     with tempfile.TemporaryDirectory() as tmp:
-        result, _ = evaluate_study(params, [f"{name}={model}"], root=root, out_dir=tmp, mlflow=False,
-                                   progress=progress)
-    cmp = compare_to_reference(result.rows)
+        result, files = evaluate_study(params, [f"{name}={model}"], root=root, out_dir=tmp, mlflow=False,
+                                       progress=progress)
+        cmp = pd.read_csv(files["comparison"])  # the evaluation's own comparison, not recomputed
     weights_dir.mkdir(parents=True, exist_ok=True)
     dst = weights_dir / f"{name}.pt"
     shutil.copyfile(model, dst)

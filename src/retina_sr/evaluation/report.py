@@ -164,7 +164,7 @@ def _best(values: pd.Series, metric: str) -> set[int]:
     return {i for i, x in v.items() if pd.notna(x) and np.isclose(x, best, rtol=1e-9, atol=1e-12)}
 
 
-def summary_markdown(result: EvaluationResult, agg: pd.DataFrame) -> str:
+def summary_markdown(result: EvaluationResult, agg: pd.DataFrame, cmp: pd.DataFrame | None = None) -> str:
     """The study's summary: test set, conventions, then per zoom a table (best in bold, ``hr`` excluded)."""
     t = result.test_description
     src = ", ".join(f"{k} ({v})" for k, v in t["sources"].items())
@@ -204,7 +204,8 @@ def summary_markdown(result: EvaluationResult, agg: pd.DataFrame) -> str:
                 cells.append(f"**{s}**" if i in bold[c] and s != "n/a" else s)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += comparison_markdown(compare_to_reference(result.rows), model_order(agg["model"]))
+    cmp = compare_to_reference(result.rows) if cmp is None else cmp
+    lines += comparison_markdown(cmp, model_order(agg["model"]))
     lines += _verdict(agg)
     return "\n".join(lines) + "\n"
 
@@ -261,9 +262,10 @@ def write_reports(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pa
     }
     files.update(write_plot_csvs(agg, out / "plots"))
     cmp_csv = out / "comparison.csv"
-    compare_to_reference(result.rows).to_csv(cmp_csv, index=False, float_format="%.6g")
+    cmp = compare_to_reference(result.rows)  # 10 000 bootstrap resamples per row: computed once
+    cmp.to_csv(cmp_csv, index=False, float_format="%.6g")
     files["comparison"] = cmp_csv
     s = out / "summary.md"
-    s.write_text(summary_markdown(result, agg))
+    s.write_text(summary_markdown(result, agg, cmp))
     files["summary"] = s
     return files
