@@ -43,20 +43,20 @@ def test_zoom_factors(enh, zoom, n_up):
     out = enh.enhance(img, zoom)
     assert levels_for_zoom(zoom) == n_up
     assert out.shape == (round(24 * zoom), round(32 * zoom), 3) and out.dtype == np.uint8
-    # the result is the model's 2**n_up output, resampled with INTER_AREA when zoom is not a power of 2
-    import cv2
-
+    # the result is the model's 2**n_up output, resampled (antialiased bicubic, on the model's device)
+    # when zoom is not a power of 2
     with torch.inference_mode():
         ref = enh.model(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255, n_up=n_up)[-1]
+    if ref.shape[-2:] != out.shape[:2]:
+        ref = torch.nn.functional.interpolate(ref, size=out.shape[:2], mode="bicubic", antialias=True)
     ref = ref.clamp(0, 1)[0].permute(1, 2, 0).numpy()
-    ref = cv2.resize(ref, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_AREA)
-    assert np.abs(out.astype(np.float32) - ref * 255).max() <= 1.0
+    assert np.abs(out.astype(np.float32) - ref * 255).max() <= 0.5 + 1e-3  # rounding only
 
 
 def test_float_and_tensor_inputs(enh):
     img = _image().astype(np.float32) / 255
     out = enh.enhance(img, 2)
-    assert out.dtype == np.float32 and out.shape == (48, 64, 3) and 0 <= out.min() and out.max() <= 1
+    assert out.dtype == np.float32 and out.shape == (48, 64, 3) and out.min() >= 0 and out.max() <= 1
     t = torch.from_numpy(img).permute(2, 0, 1)
     tout = enh.enhance(t, 2)
     assert isinstance(tout, torch.Tensor) and tout.shape == (3, 48, 64)
@@ -193,9 +193,12 @@ def test_compiled_channels_last_bf16_path_on_cpu(ckpt, enh):
     assert "compile" in fast.mode and "channels_last" in fast.mode
     img = _image(32, 40).astype(np.float32) / 255
     ref = enh.enhance(img, 4)
+    graphs = []
     for _ in range(2):
         out = fast.enhance(img, 4)
         assert np.abs(out - ref).max() <= 0.05 and np.abs(out - ref).mean() <= 0.01
+        graphs.append(sum(s.compiles for s in fast.compile_stats.values()))
+    assert graphs[0] >= 1 and graphs[1] == graphs[0]  # inductor compiled once, no recompilation
 
 
 def test_big_endian_uint16_input(enh):
@@ -205,3 +208,22 @@ def test_big_endian_uint16_input(enh):
     assert not be.dtype.isnative
     out = enh.enhance(be, 2)
     assert out.dtype == np.uint16 and np.array_equal(out, enh.enhance(img16, 2))
+
+
+def test_fast_upscaler_for_the_evaluation(ckpt, enh):
+    """The hook the evaluation calls to score the fast path as its own row: CPU -> ONNX Runtime (phase
+    graph); amp_dtype=bf16 -> the PyTorch model under bf16 autocast (the GPU path's arithmetic)."""
+    from retina_sr.inference.fastpath import fast_upscaler
+
+    img = _image(20, 28)
+    ref = enh.enhance(img, 4).astype(int)
+    up = fast_upscaler(enh.model, enh.meta, device="cpu")
+    try:
+        out = up(img, 4)
+        assert out.dtype == np.uint8 and out.shape == (80, 112, 3) and "onnxruntime" in up.mode
+        assert np.abs(out.astype(int) - ref).max() <= 1
+        assert up(img, 2).shape == (40, 56, 3)  # another level: exported on first use
+    finally:
+        up.close()
+    low = fast_upscaler(enh.model, enh.meta, device="cpu", amp_dtype=torch.bfloat16)
+    assert "bfloat16" in low.mode and np.abs(low(img, 4).astype(int) - ref).max() <= 3

@@ -193,13 +193,14 @@ def test_video_error_midstream_stops_pipeline(tmp_path, ckpt):
     assert not alive, alive  # decode and encode threads have ended
 
 
-def test_video_writer_failure_with_slow_decoder_does_not_hang(tmp_path, monkeypatch):
+def test_video_writer_failure_with_slow_decoder_does_not_hang(tmp_path):
     """The encoder fails (output path is a folder) while the main thread waits for a slow decoder: the
     reader stops without queueing its end marker, so a blocking get() used to wait forever."""
     import threading
     import time
 
     from retina_sr.inference.enhancer import BaseEnhancer
+    from retina_sr.inference.video_io import IterSource
 
     class Nearest(BaseEnhancer):  # fast enhancement: the main thread is always waiting on the decoder
         max_zoom = 8
@@ -207,34 +208,19 @@ def test_video_writer_failure_with_slow_decoder_does_not_hang(tmp_path, monkeypa
         def _forward(self, x, n_up):
             return torch.nn.functional.interpolate(x, scale_factor=2**n_up, mode="nearest")
 
-    class SlowCapture:
-        def __init__(self, path):
-            self.n = 0
-
-        def isOpened(self):
-            return True
-
-        def read(self):
+    def slow_frames():
+        for _ in range(10):
             time.sleep(0.15)
-            self.n += 1
-            return (True, np.zeros((16, 16, 3), np.uint8)) if self.n <= 10 else (False, None)
+            yield np.zeros((16, 16, 3), np.uint8)
 
-        def get(self, prop):
-            return 10.0 if prop == cv2.CAP_PROP_FPS else 10
-
-        def release(self):
-            pass
-
-    monkeypatch.setattr(cv2, "VideoCapture", SlowCapture)
-    src = tmp_path / "clip.mp4"
-    src.write_bytes(b"stub")
     dst = tmp_path / "out.mp4"
     dst.mkdir()  # a folder: the video writer cannot open it
     res: dict = {}
 
     def go():
         try:
-            res["report"] = enhance_video(Nearest(), src, dst, zoom=2, progress=False, queue_size=2)
+            res["report"] = enhance_video(Nearest(), IterSource(slow_frames(), fps=10), dst, zoom=2, progress=False,
+                                          queue_size=2)
         except BaseException as err:  # noqa: BLE001
             res["error"] = err
 
@@ -245,29 +231,78 @@ def test_video_writer_failure_with_slow_decoder_does_not_hang(tmp_path, monkeypa
     assert isinstance(res.get("error"), OSError) and "video writer" in str(res["error"])
 
 
-def test_bench_cuda_fast_path_warms_up_past_cuda_graph_capture(monkeypatch):
-    """torch.compile(mode='reduce-overhead') records its CUDA graph on the 2nd call: the timed calls of
-    the CUDA fast path start after it (checked with stand-ins: no GPU needed)."""
+class _FakeCudaEnhancer:
+    """Stands in for the CUDA Enhancer (no GPU here): records warm-up, counts 'compiles'."""
+
+    compile_on_timing = False
+    compile_on_warmup = True
+    log: list = []
+
+    def __init__(self, model, meta, device="auto", fast=False, bucket=None, **kw):
+        from retina_sr.inference.compiled import BucketStats
+
+        self.fast, self.bucket = fast, (64 if fast else bucket)
+        self.mode = "cuda bfloat16+compile(reduce-overhead)+bucket64" if fast else "cuda eager fp32"
+        self.compile_stats = {(1, 64, 64): BucketStats()} if fast else {}
+        self.warm = False
+
+    def warmup(self, size, zooms, **kw):
+        self.log.append(("warmup", self.fast, tuple(size), tuple(zooms)))
+        self.warm = True
+        if self.compile_on_warmup:
+            self.compile_stats[(1, 64, 64)].compiles += 1
+
+    def enhance(self, frame, z):
+        self.log.append(("enhance", self.fast, self.warm))
+        if self.fast and self.compile_on_timing:
+            self.compile_stats[(1, 64, 64)].compiles += 1
+        return np.repeat(np.repeat(frame, int(z), 0), int(z), 1)
+
+
+@pytest.fixture
+def fake_cuda_bench(monkeypatch):
+    """run_bench on a pretend GPU: the fast path is warmed up explicitly before any timed call."""
+    import retina_sr.inference.base as base
     import retina_sr.inference.bench as bench
     import retina_sr.inference.enhancer as enhancer_mod
     import retina_sr.runtime as runtime
 
-    class FakeEnhancer:
-        def __init__(self, model, meta, device="auto", fast=False, **kw):
-            self.mode = "cuda bfloat16+compile" if fast else "cuda eager fp32"
-
-        def enhance(self, frame, z):
-            return frame
-
-    calls = []
-    monkeypatch.setattr(enhancer_mod, "Enhancer", FakeEnhancer)
-    monkeypatch.setattr(runtime, "pick_device", lambda d="auto": torch.device("cuda"))
+    _FakeCudaEnhancer.log = []
+    monkeypatch.setattr(enhancer_mod, "Enhancer", _FakeCudaEnhancer)
+    monkeypatch.setattr(base, "resolve_device", lambda d="auto": torch.device("cuda"))
     monkeypatch.setattr(runtime, "device_name", lambda d: "fake GPU")
-    monkeypatch.setattr(bench, "time_call", lambda fn, repeats, warmup=1: calls.append(warmup) or [1e-3] * repeats)
-    res = bench.run_bench([], [(32, 32)], [2.0], repeats=2, device="cuda", archs=[(4, 1)], baselines=False,
-                          log=lambda s: None)
-    assert [r["backend"] for r in res["rows"]] == ["cuda eager fp32", "cuda bfloat16+compile"]
-    assert calls[0] >= 1 and calls[1] >= 3  # warm-up, graph capture, then the first replay
+
+    def run(**kw):
+        return bench.run_bench([], [(32, 32)], [2.0], repeats=2, device="cuda", archs=[(4, 1)], baselines=False,
+                               log=lambda s: None, **kw)
+    return run
+
+
+def test_bench_cuda_fast_path_is_warmed_up_and_counts_compiles(fake_cuda_bench, monkeypatch):
+    res = fake_cuda_bench()
+    eager, fast = res["rows"]
+    assert eager["backend"] == "cuda eager fp32" and fast["backend"].startswith("cuda bfloat16+compile")
+    assert fast["compiles"] == 1 and fast["recompiles"] == 0 and fast["max_abs_vs_fp32"] == 0
+    log = _FakeCudaEnhancer.log
+    warm = log.index(("warmup", True, (16, 16), (2.0,)))
+    assert all(entry[2] for entry in log[warm + 1:] if entry[:2] == ("enhance", True))  # timed after warm-up
+    assert "compiles" in bench_table(res)
+
+
+def bench_table(res):
+    from retina_sr.inference.bench import format_table
+
+    return format_table(res)
+
+
+def test_bench_fails_loudly_instead_of_mislabelling_an_uncompiled_run(fake_cuda_bench, monkeypatch):
+    monkeypatch.setattr(_FakeCudaEnhancer, "compile_on_warmup", False)
+    with pytest.raises(RuntimeError, match="compiled no graph"):
+        fake_cuda_bench()
+    monkeypatch.setattr(_FakeCudaEnhancer, "compile_on_warmup", True)
+    monkeypatch.setattr(_FakeCudaEnhancer, "compile_on_timing", True)
+    with pytest.raises(RuntimeError, match="during the timed calls"):
+        fake_cuda_bench()
 
 
 # ------------------------------------------------ issue #8: never lose or corrupt data; clear messages
@@ -463,3 +498,54 @@ def test_zoom_cuda_without_gpu_is_a_usage_error(tmp_path, capsys):
     write_image(src, _rgb(16, 16))
     assert main(["zoom", str(src), "--model", "no-such-model.pt", "--device", "cuda"]) == 2
     assert "--device" in _one_line_error(capsys.readouterr().err)
+
+
+def test_zoom_suffix_and_ext(tmp_path, ckpt, capsys):
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(12, 16))
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--suffix", "_sr", "--ext", "tif")) == 0
+    assert read_image(tmp_path / "eye_sr.tif").shape == (24, 32, 3)
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    assert main(_zoom(src, "--model", ckpt, "--zoom", "2", "--ext", "jpg", "--out", out_dir)) == 0
+    assert (out_dir / "eye_x2.jpg").is_file()
+    folder = tmp_path / "photos"
+    write_image(folder / "a.png", _rgb(8, 8))
+    write_image(folder / "sub" / "b.jpg", _rgb(8, 8))
+    assert main(_zoom(folder, "--model", ckpt, "--zoom", "2", "--suffix", "_x2", "--ext", "same",
+                      "--out", tmp_path / "z")) == 0
+    assert sorted(str(p.relative_to(tmp_path / "z")) for p in (tmp_path / "z").rglob("*.*")) == ["a_x2.png",
+                                                                                               "sub/b_x2.jpg"]
+    capsys.readouterr()
+    assert main(_zoom(src, "--model", ckpt, "--suffix", "_sr", "--out", tmp_path / "named.png")) == 2
+    assert "--suffix/--ext" in _one_line_error(capsys.readouterr().err)
+    assert main(_zoom(src, "--model", ckpt, "--ext", "mp4")) == 2
+    assert "--ext mp4: not an image extension" in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("device,match", [("cuda:7", "cuda"), ("gpu", "auto, cpu, cuda, cuda:N"), ("cuda:x", "cuda:N")])
+def test_device_names_are_checked(tmp_path, capsys, device, match):
+    src = tmp_path / "eye.png"
+    write_image(src, _rgb(8, 8))
+    assert main(["zoom", str(src), "--model", "no-such-model.pt", "--device", device]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert match in line and "no-such-model" not in line  # checked before the model is looked up
+    assert main(["bench", "--device", device, "--no-baselines"]) == 2
+
+
+def test_device_index_beyond_the_visible_gpus(monkeypatch):
+    from retina_sr.inference import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(DeviceError, match=r"only 2 CUDA device\(s\) are visible \(cuda:0 .. cuda:1\)"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("command", ["zoom", "export-onnx", "bench"])
+def test_help_has_a_description_and_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert f"example:\n  retina-sr {command}" in text

@@ -100,3 +100,53 @@ def test_tiled_progress_and_roi(enh):
     assert calls and calls[-1][0] == calls[-1][1] > 1
     ref = enh.enhance(img, 2, roi=(8, 8, 48, 40))
     assert np.abs(out - ref).max() < 2e-3
+
+
+def test_tiled_equals_untiled_with_the_overlap_from_the_receptive_field(enh):
+    """Without --overlap the overlap is 4x the receptive-field radius the architecture gives."""
+    from retina_sr.inference import receptive_radius, tile_overlap
+
+    img = _smooth_image(80, 96, seed=2)
+    ov = tile_overlap(receptive_radius(enh.model, 2))
+    full = enh.enhance(img, 4)
+    calls = []
+    tiled = enh.enhance(img, 4, tile=ov + 16, progress=lambda d, t: calls.append(t))
+    assert calls and calls[-1] > 1
+    assert np.abs(tiled - full).max() < 2e-3
+
+
+def test_automatic_tiling_above_the_memory_budget(enh, monkeypatch):
+    from retina_sr.inference import base
+
+    img = _smooth_image(64, 96, seed=3)
+    full = enh.enhance(img, 4)
+    used = []
+    real = base.run_tiled
+    monkeypatch.setattr(base, "run_tiled", lambda fn, x, s, tile, ov, progress: used.append((tile, ov)) or
+                        real(fn, x, s, tile, ov, progress))
+    small = Enhancer(enh.model, enh.meta, device="cpu", memory_budget=64 * 64 * 8 * 16 * 4 * 4)
+    tiled = small.enhance(img, 4)  # 64x96 input: over the budget of a 64x64 input, so tiled
+    assert used and used[0][0] % 16 == 0 and used[0][1] == 4 * small.receptive_radius(2)
+    assert np.abs(tiled - full).max() < 2e-3
+    used.clear()
+    enh.enhance(img, 4)  # the default 2 GiB budget: no tiling for a small image
+    assert not used
+
+
+def test_default_budget_tiles_a_1024_image_at_x8():
+    """F16 at x8 on 1024x1024 would allocate ~17 GB of activations untiled: the default budget tiles it."""
+    from retina_sr.inference import auto_tile, tile_overlap
+    from retina_sr.inference.base import DEFAULT_CPU_BUDGET
+    from retina_sr.inference.tiling import activation_bytes
+
+    assert 16e9 < activation_bytes(1024, 1024, 3, 16) < 18e9
+    tile = auto_tile(1024, 1024, 3, 16, DEFAULT_CPU_BUDGET, overlap=tile_overlap(9))
+    assert tile is not None and tile % 64 == 0 and activation_bytes(tile, tile, 3, 16) <= DEFAULT_CPU_BUDGET
+    assert auto_tile(512, 512, 1, 16, DEFAULT_CPU_BUDGET, overlap=36) is None
+
+
+def test_tile_below_the_default_overlap_is_a_clear_error(enh):
+    from retina_sr.inference import InputError
+
+    with pytest.raises(InputError, match="too small for this model's default overlap"):
+        enh.enhance(_smooth_image(64, 64), 4, tile=8)

@@ -231,3 +231,27 @@ def test_incomplete_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"format": "retina-sr/1", "meta": {"model": cfg.model_dump(), "levels": 1}}, path)
     with pytest.raises(CheckpointError, match="state_dict"):
         load_model(path)
+
+
+@pytest.mark.parametrize("branch", ["learned", "bicubic"])
+def test_image_branch_and_residual_sums_stay_fp32_under_bf16_autocast(branch):
+    """bf16 resolves ~1/256 on [0.5, 1), one 8-bit level: the image branch (its upsampling and every
+    level's residual addition) runs in fp32 under autocast; only the feature convs use bf16."""
+    torch.manual_seed(0)
+    model = build_model(_cfg(image_branch=branch), levels=3).eval()
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.1)  # non-zero residuals (the bicubic branch starts with zero ones)
+    seen: list[torch.dtype] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype)) for m in model.up_img]
+    x = torch.rand(1, 3, 12, 16) * 0.5 + 0.5
+    with torch.no_grad():
+        ref = model(x, n_up=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, n_up=3)
+    for h in hooks:
+        h.remove()
+    assert seen and all(d == torch.float32 for d in seen)  # image-branch upsampling in fp32
+    assert all(o.dtype == torch.float32 for o in low)  # every level's image (after its residual sum)
+    assert model.res0.weight.dtype == torch.float32  # autocast, not a converted model
+    for a, b in zip(ref, low):
+        assert (a - b).abs().max() <= 2 / 255, (a - b).abs().max()

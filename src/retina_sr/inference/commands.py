@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .outputs import check_naming, file_out, folder_plan, input_kind
+
 __all__ = ["register", "parse_roi", "load_enhancer"]
 
 
@@ -32,98 +34,21 @@ def load_enhancer(model: str, zoom: float, device: str = "auto", onnx: bool = Fa
     from .onnx import OnnxEnhancer, export_onnx
 
     if model.endswith(".onnx"):
-        return OnnxEnhancer(model, threads=threads)
+        return OnnxEnhancer(model, threads=threads, device=device)
     if onnx:
         out = Path(workdir or tempfile.mkdtemp(prefix="retina-sr-onnx-")) / "model.onnx"
         info = export_onnx(model, out, zoom)
-        print(f"exported {model} -> {out} ({info.exporter} exporter, parity max abs {info.parity_max_abs:.2e})",
-              file=sys.stderr)
-        return OnnxEnhancer(out, threads=threads)
+        print(f"exported {model} -> {out} ({info.graph} graph, {info.exporter} exporter, parity max abs "
+              f"{info.parity_max_abs:.2e})", file=sys.stderr)
+        return OnnxEnhancer(out, threads=threads, device=device)
     return Enhancer.from_checkpoint(model, device=device, fast=fast, compile=compile)
 
 
-def _default_out(inp: Path, zoom: float, kind: str) -> Path:
-    tag = f"x{zoom:g}".replace(".", "p")
-    if kind == "folder":
-        return inp.with_name(f"{inp.name}_{tag}")
-    if kind == "video":
-        return inp.with_name(f"{inp.stem}_{tag}.mp4")
-    return inp.with_name(f"{inp.stem}_{tag}.png")
+def _check_device(device: str) -> None:
+    """``--device``: auto, cpu, cuda or cuda:N, and that GPU exists (a usage error otherwise)."""
+    from .base import resolve_device
 
-
-def _same_file(a: Path, b: Path) -> bool:
-    """The same file or folder (symlinks, hard links, ``./``, case on case-insensitive disks)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _input_kind(inp: Path) -> str:
-    from ..data.io import IMAGE_EXTENSIONS
-    from .video import VIDEO_EXTENSIONS
-
-    if not inp.exists():
-        raise FileNotFoundError(f"{inp}: input not found (an image, a folder of images or a video)")
-    kind = "folder" if inp.is_dir() else "video" if inp.suffix.lower() in VIDEO_EXTENSIONS else "image"
-    if kind == "image" and inp.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise ValueError(f"{inp}: unknown file type {inp.suffix!r}; images: {', '.join(IMAGE_EXTENSIONS)}; "
-                         f"videos: {', '.join(VIDEO_EXTENSIONS)}")
-    return kind
-
-
-def _file_out(inp: Path, kind: str, args: argparse.Namespace) -> Path:
-    """The output of one image or video, checked before any work: extension, not the input, not an
-    existing file unless --overwrite. An existing folder (or a path ending in /) gets the default name."""
-    from ..data.io import IMAGE_EXTENSIONS
-    from .video import VIDEO_EXTENSIONS
-
-    default = _default_out(inp, args.zoom, kind)
-    out = Path(args.out) if args.out else default
-    if args.out and (out.is_dir() or args.out.endswith(("/", os.sep))):
-        out = out / default.name
-    exts = IMAGE_EXTENSIONS if kind == "image" else VIDEO_EXTENSIONS
-    if out.suffix.lower() not in exts:
-        raise ValueError(f"{out}: cannot write {kind}s with extension {out.suffix or '(none)'!r}; "
-                         f"use one of {', '.join(exts)}")
-    if _same_file(inp, out):
-        raise ValueError(f"{out}: is the input {kind} itself; choose another --out (nothing was written)")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out}: already exists; pass --overwrite to replace it, or choose another --out")
-    return out
-
-
-def _folder_plan(inp: Path, args: argparse.Namespace) -> tuple[Path, list[tuple[Path, Path]]]:
-    """``(out folder, [(image, output), ...])``, checked before any work (see :func:`_file_out`)."""
-    from ..data.io import IMAGE_EXTENSIONS
-
-    out = Path(args.out) if args.out else _default_out(inp, args.zoom, "folder")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: is a file, not a folder; give a folder as --out for a folder of images")
-    if any(_same_file(inp, p) for p in (out, *out.absolute().parents)):
-        raise ValueError(f"{out}: is the input folder or inside it, where outputs would mix with or replace "
-                         f"the originals; choose an --out outside {inp}")
-    files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"{inp}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-    pairs = [(f, out / f.relative_to(inp)) for f in files]
-    existing = [o for _, o in pairs if o.exists()]
-    inputs = {os.stat(f)[1:3] for f in files}  # (inode, device)
-    for o in existing:
-        if os.stat(o)[1:3] in inputs:
-            raise ValueError(f"{o}: is one of the input images; choose an --out that holds no inputs")
-    if existing and not args.overwrite:
-        raise ValueError(f"{out}: {len(existing)} of {len(pairs)} output files already exist (e.g. "
-                         f"{existing[0].relative_to(out)}); pass --overwrite to replace them, or choose another --out")
-    return out, pairs
-
-
-def _check_device(device: str, model: str = "", onnx: bool = False) -> None:
-    if device == "cuda" and not (onnx or model.endswith(".onnx")):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is visible; use --device auto or --device cpu")
+    resolve_device(device)
 
 
 def _oom(err: BaseException) -> bool:
@@ -179,18 +104,23 @@ def _tile_bar(desc: str, enabled: bool):
 def _zoom(args: argparse.Namespace) -> int:
     from ..runtime import set_threads
 
+    kind = input_kind(args.input)
     inp = Path(args.input)
-    kind = _input_kind(inp)
     roi = parse_roi(args.roi)
+    check_naming(args, kind)
     if args.model is None:
         from ..models.bundled import default_model_name
 
         args.model = default_model_name()  # shipped with the package, sha256-checked when loaded
-    _check_device(args.device, args.model, args.onnx)
+    _check_device(args.device)
     if kind == "folder":  # every path is checked before the model is loaded
-        out, pairs = _folder_plan(inp, args)
+        out, pairs = folder_plan(inp, args)
+    elif kind == "live" and not args.out and args.suffix is None and args.ext is None:
+        if not args.preview:
+            raise ValueError(f"{args.input}: a live source needs --out FILE.mp4 (record) and/or --preview (show)")
+        out = None
     else:
-        out = _file_out(inp, kind, args)
+        out = file_out(inp, kind, args)
     threads = set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="retina-sr-onnx-") as work:
         enh = load_enhancer(args.model, args.zoom, args.device, args.onnx, args.fast, threads, work,
@@ -204,7 +134,7 @@ def _zoom(args: argparse.Namespace) -> int:
             return 0
         if kind == "folder":
             return _zoom_folder(enh, inp, out, pairs, args, kw)
-        return _zoom_video(enh, inp, out, args, kw)
+        return _zoom_video(enh, args.input, out, args, kw)
 
 
 def _zoom_folder(enh, inp: Path, out: Path, pairs: list[tuple[Path, Path]], args: argparse.Namespace,
@@ -230,22 +160,29 @@ def _zoom_folder(enh, inp: Path, out: Path, pairs: list[tuple[Path, Path]], args
     return 1 if failed else 0
 
 
-def _zoom_video(enh, inp: Path, out: Path, args: argparse.Namespace, kw: dict) -> int:
+def _zoom_video(enh, src: str, out: Path | None, args: argparse.Namespace, kw: dict) -> int:
     """Encoded to a hidden partial file renamed at the end: a failure leaves no half video and keeps
-    an old output (--overwrite) intact."""
+    an old output (--overwrite) intact. A live source ends with its stream, --frames, q in the
+    preview or Ctrl-C, and keeps what it recorded."""
     from .image import NonFiniteOutputError
     from .video import enhance_video
 
-    part = out.with_name(f".{out.stem}.partial{out.suffix}")
+    part = out.with_name(f".{out.stem}.partial{out.suffix}") if out is not None else None
+    opts = {"crf": args.crf, "preset": args.preset, "codec": args.codec, "preview": args.preview,
+            "max_frames": args.frames}
     try:
-        report = enhance_video(enh, inp, part, args.zoom, progress=not args.quiet, queue_size=args.queue, **kw)
-        os.replace(part, out)
+        report = enhance_video(enh, src, part, args.zoom, progress=not args.quiet, queue_size=args.queue, **kw, **opts)
+        if part is not None:
+            os.replace(part, out)
     except NonFiniteOutputError as err:
-        raise NonFiniteOutputError(f"{args.model}: {err} (input {inp}, nothing written)") from None
+        raise NonFiniteOutputError(f"{args.model}: {err} (input {src}, nothing written)") from None
     finally:
-        part.unlink(missing_ok=True)
-    report.output = str(out)
+        if part is not None:
+            part.unlink(missing_ok=True)
+    report.output = str(out) if out is not None else None
     print(report.summary())
+    for note in report.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     if args.report:
         Path(args.report).write_text(json.dumps(report.as_dict(), indent=2))
     return 0
@@ -261,21 +198,24 @@ def _export(args: argparse.Namespace) -> int:
     else:
         tag = f"x{args.zoom:g}".replace(".", "p")
         out = Path(args.model).with_name(f"{Path(args.model).stem}_{tag}.onnx")
-    info = export_onnx(args.model, out, args.zoom, opset=args.opset, prefer=args.exporter)
-    print(f"wrote {info.path}: zooms up to x{info.scale} (n_up={info.n_up}), {info.exporter} exporter, "
-          f"opset {info.opset}, ONNX Runtime vs PyTorch max abs diff {info.parity_max_abs:.2e}")
+    info = export_onnx(args.model, out, args.zoom, opset=args.opset, prefer=args.exporter, fuse=not args.plain)
+    print(f"wrote {info.path}: zooms up to x{info.scale} (n_up={info.n_up}), {info.graph} graph, {info.exporter} "
+          f"exporter, opset {info.opset}, ONNX Runtime vs PyTorch max abs diff {info.parity_max_abs:.2e}")
+    if info.graph_error:
+        print(f"  phase graph not used: {info.graph_error}")
     if info.dynamo_error:
         print(f"  dynamo exporter not used: {info.dynamo_error}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..runtime import pick_device, set_threads
+    from ..runtime import set_threads
+    from .base import resolve_device
     from .bench import find_models, format_table, parse_arch, parse_sizes, run_bench
 
     _check_device(args.device)
     set_threads(args.threads)
-    dev = pick_device(args.device)
+    dev = resolve_device(args.device)
     models = list(args.model or [])
     if not models and not args.arch:
         models = [str(p) for p in find_models(args.models_dir)]
@@ -288,7 +228,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"no model.pt under {args.models_dir}/ and no --model/--arch: timing the baselines only",
               file=sys.stderr)
     result = run_bench(models, sizes, zooms, repeats, device=str(dev), archs=archs, fast=not args.no_fast,
-                       baselines=not args.no_baselines, log=lambda s: print(s, file=sys.stderr))
+                       baselines=not args.no_baselines, log=lambda s: print(s, file=sys.stderr),
+                       peers_dir=args.peers, plain_onnx=args.plain_onnx)
     table = format_table(result)
     print(table)
     if args.json:
@@ -298,43 +239,76 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    z = sub.add_parser("zoom", help="enhance an image, a folder of images or a video at a zoom factor",
-                       description="Digital zoom with the trained LapSRN: an image, a folder (names mirrored "
-                       "into --out) or a video (streamed: decode, inference and encode overlap).")
-    z.add_argument("input", help="image file, folder of images, or video file (.mp4, .avi, ...)")
+def _parser(sub, name: str, summary: str, example: str, description: str = ""):
+    """A sub-command with a one-line help, its description and an example in ``--help``."""
+    return sub.add_parser(name, help=summary, description=f"{summary}. {description}".strip(),
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _zoom_arguments(z) -> None:
+    z.add_argument("input", help="image file, folder of images, video file (.mp4, ...), camera index (0) or "
+                   "stream URL (rtsp://...)")
     z.add_argument("--model", default=None,
                    help="bundled model name (`retina-sr models`; default: the bundled default model), checkpoint "
                    "(models/l1/model.pt), MLflow URI (runs:/<id>/model.pt, models:/<name>/<v>) or .onnx file")
     z.add_argument("--zoom", type=float, default=4.0, help="zoom factor in [1, model max], e.g. 1.5, 2, 3, 4, 8 (default 4)")
     z.add_argument("--roi", default=None, help="only enhance this region: x,y,width,height in input pixels")
     z.add_argument("--out", default=None,
-                   help="output file or folder (default: next to the input, suffix _x<zoom>); for an image or "
-                   "video, an existing folder (or a path ending in /) gets <stem>_x<zoom>.png/.mp4 inside")
+                   help="output file or folder (default: next to the input, <stem>_x<zoom>.png/.mp4); an existing "
+                   "folder (or a path ending in /) gets the default name inside")
+    z.add_argument("--suffix", default=None,
+                   help="text after the input's stem in output names (default _x<zoom>; in a folder run: none), "
+                   "e.g. --suffix _sr")
+    z.add_argument("--ext", default=None,
+                   help="output extension: png (default for images), jpg, tif, ...; mp4 (default for videos), mkv, "
+                   "...; 'same' keeps the input's")
     z.add_argument("--overwrite", action="store_true",
                    help="replace output files that already exist (the input itself is never replaced)")
-    z.add_argument("--tile", type=int, default=None, help="tiled inference with this tile side (input pixels)")
-    z.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels (default 32)")
-    z.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    z.add_argument("--tile", type=int, default=None,
+                   help="tile side in input pixels (default: automatic when the activations exceed the memory budget)")
+    z.add_argument("--overlap", type=int, default=None,
+                   help="tile overlap in input pixels (default: 4x the model's receptive-field radius)")
+    z.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     z.add_argument("--onnx", action="store_true", help="run through ONNX Runtime (exports the checkpoint first)")
     z.add_argument("--fast", action="store_true", help="CUDA fast path: bf16 autocast, channels_last, torch.compile")
     z.add_argument("--no-compile", action="store_true", help="with --fast: skip torch.compile (autocast + channels_last only)")
     z.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
-    z.add_argument("--queue", type=int, default=8, help="video: frames buffered between decode/infer/encode")
-    z.add_argument("--report", default=None, help="video: write the FPS report as JSON here")
+    v = z.add_argument_group("video and live sources")
+    v.add_argument("--queue", type=int, default=8, help="frames buffered between decode/infer/encode")
+    v.add_argument("--crf", type=int, default=18, help="H.264 quality: 0 lossless, 18 visually lossless (default), 23")
+    v.add_argument("--preset", default="veryfast", help="x264 speed preset (default veryfast)")
+    v.add_argument("--codec", default="libx264", help="FFmpeg encoder (default libx264; e.g. h264_nvenc on a GPU)")
+    v.add_argument("--preview", action="store_true", help="show the enhanced frames in a window (q or Esc stops)")
+    v.add_argument("--frames", type=int, default=None, help="stop after this many frames (live sources)")
+    v.add_argument("--report", default=None, help="write the FPS/latency report as JSON here")
     z.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub) -> None:
+    z = _parser(sub, "zoom", "enhance an image, a folder of images, a video or a live feed at a zoom factor",
+                "retina-sr zoom eye.jpg --zoom 4 --suffix _sr --ext tif",
+                "A folder's names are mirrored into --out; a video is streamed (decode, inference and encode "
+                "overlap) and written as H.264 with its audio; a camera index or stream URL is enhanced live.")
+    _zoom_arguments(z)
     z.set_defaults(func=_zoom)
 
-    e = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (dynamic height/width) for a zoom")
+    e = _parser(sub, "export-onnx", "export a checkpoint to ONNX (dynamic height/width) for a zoom",
+                "retina-sr export-onnx --model models/l1/model.pt --zoom 4 --out lapsrn_x4.onnx",
+                "The graph serves zooms in (2**(n-1), 2**n] for n = ceil(log2 zoom); by default it is the exact "
+                "phase form that ONNX Runtime runs fastest on CPUs.")
     e.add_argument("--model", required=True, help="checkpoint path or MLflow URI")
     e.add_argument("--zoom", type=float, default=4.0, help="zoom the graph serves (its pyramid depth: ceil(log2 zoom))")
     e.add_argument("--out", default=None, help="output .onnx (default: <model stem>_x<zoom>.onnx beside it)")
     e.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="try this exporter first (dynamo falls back to torchscript on failure)")
+    e.add_argument("--plain", action="store_true", help="export the model as written, not the phase form")
     e.set_defaults(func=_export)
 
-    b = sub.add_parser("bench", help="latency/FPS of bicubic, ESPCN and the LapSRN models (eager vs fast path)")
+    b = _parser(sub, "bench", "latency/FPS of bicubic, ESPCN, OpenCV's SR peers and the LapSRN models",
+                "retina-sr bench --arch F16D3 --sizes 1920x1080 --zooms 2,4 --peers ../shared/peers/opencv_dnn_superres",
+                "End to end (uint8 frame in, uint8 image out), eager vs the fast path (ONNX Runtime on CPU; bf16 + "
+                "torch.compile + CUDA graphs on CUDA, with compiles counted and the difference to fp32).")
     b.add_argument("--model", action="append", default=None, help="checkpoint(s) (default: every model.pt under --models-dir)")
     b.add_argument("--models-dir", default="models")
     b.add_argument("--arch", action="append", default=None,
@@ -342,8 +316,12 @@ def register(sub) -> None:
     b.add_argument("--sizes", default=None, help="output sizes WxH,... (default: 1920x1080,3840x2160 on CUDA, 1920x1080 on CPU)")
     b.add_argument("--zooms", default=None, help="zooms, e.g. 2,4,8 (default: 2,4,8 on CUDA, 4 on CPU)")
     b.add_argument("--repeats", type=int, default=None, help="timed runs per entry (default: 20 on CUDA, 3 on CPU)")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--peers", default=None, metavar="DIR",
+                   help="also time OpenCV dnn_superres ESPCN/FSRCNN/LapSRN from the .pb files in DIR (same run)")
+    b.add_argument("--plain-onnx", action="store_true",
+                   help="CPU: also time the ONNX graph as written (export-onnx --plain) next to the phase graph")
     b.add_argument("--no-fast", action="store_true", help="skip the fast path (ONNX Runtime / bf16+compile)")
     b.add_argument("--no-baselines", action="store_true", help="skip bicubic and ESPCN")
     b.add_argument("--json", default=None, help="write the results as JSON here")

@@ -11,6 +11,11 @@ Supported inputs (numpy, H x W [x C]):
 
 Anything else (2 or >4 channels, other dtypes, float values outside [0, 1], empty images) is an
 :class:`InputError` that says what to do.
+
+:func:`as_source` wraps an input without converting it (a uint8 frame stays uint8, sharing the
+caller's memory), so that only the region the model needs is cut out, uploaded and converted to
+float, on the device (:mod:`~retina_sr.inference.base`); :func:`from_tensor` clamps and quantises the
+result where it was computed and copies only the uint8 pixels back.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["InputError", "ZoomError", "NonFiniteOutputError", "InputSpec", "to_tensor", "from_tensor", "check_zoom",
-           "levels_for_zoom"]
+__all__ = ["InputError", "ZoomError", "NonFiniteOutputError", "InputSpec", "Source", "as_source", "from_tensor",
+           "to_dtype", "check_zoom", "levels_for_zoom"]
 
 
 class InputError(ValueError):
@@ -61,28 +66,49 @@ def _float_range_check(lo: float, hi: float, what: str) -> None:
         )
 
 
-def to_tensor(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, InputSpec]:
-    """Convert a supported image to a float32 (1, 3, H, W) tensor in [0, 1] plus its :class:`InputSpec`.
+@dataclass(frozen=True)
+class Source:
+    """An input image kept in its own dtype until the region the model needs has been cut out.
 
-    Numpy inputs give a CPU tensor; tensor inputs stay on their device.
+    ``data`` is an (H, W, 3) tensor sharing memory with a numpy input (uint8, or float32 for
+    uint16/float images), or a (1, 3, H, W) float tensor input on its device; ``data / scale`` is the
+    image in [0, 1]. Cropping first means only the region is copied, uploaded and converted.
     """
-    if isinstance(image, torch.Tensor):
-        t = image
-        batched = t.ndim == 4
-        if not ((t.ndim == 3 and t.shape[0] == 3) or (t.ndim == 4 and t.shape[:2] == (1, 3))):
-            raise InputError(
-                f"tensor input must be (3, H, W) or (1, 3, H, W) RGB in [0, 1], got shape {tuple(t.shape)}"
-            )
-        if not t.is_floating_point():
-            raise InputError(f"tensor input must be floating point in [0, 1], got {t.dtype}")
-        if t.shape[-1] < 1 or t.shape[-2] < 1:
-            raise InputError(f"empty tensor image of shape {tuple(t.shape)}")
-        _float_range_check(float(t.min()), float(t.max()), "tensor input")
-        spec = InputSpec("torch", t.dtype, batched=batched, device=t.device)
-        t = t.reshape(1, 3, *t.shape[-2:]).float()
-        return t, spec
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array or torch tensor, got {type(image).__name__}")
+
+    data: torch.Tensor
+    hwc: bool
+    scale: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        h, w = (self.data.shape[0], self.data.shape[1]) if self.hwc else self.data.shape[-2:]
+        return int(w), int(h)
+
+    def to_float(self, patch: torch.Tensor) -> torch.Tensor:
+        """A crop of :attr:`data` (already on its device) as a float32 (1, 3, h, w) tensor in [0, 1].
+
+        An (h, w, 3) crop is permuted, not copied: the result has channels-last strides.
+        """
+        t = patch.permute(2, 0, 1)[None] if self.hwc else patch
+        t = t.float()
+        return t.div_(self.scale) if self.scale != 1.0 else t
+
+
+def _tensor_source(t: torch.Tensor) -> tuple[Source, InputSpec]:
+    if not ((t.ndim == 3 and t.shape[0] == 3) or (t.ndim == 4 and t.shape[:2] == (1, 3))):
+        raise InputError(f"tensor input must be (3, H, W) or (1, 3, H, W) RGB in [0, 1], got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise InputError(f"tensor input must be floating point in [0, 1], got {t.dtype}")
+    if t.shape[-1] < 1 or t.shape[-2] < 1:
+        raise InputError(f"empty tensor image of shape {tuple(t.shape)}")
+    _float_range_check(float(t.min()), float(t.max()), "tensor input")
+    spec = InputSpec("torch", t.dtype, batched=t.ndim == 4, device=t.device)
+    return Source(t.reshape(1, 3, *t.shape[-2:]).float(), hwc=False, scale=1.0), spec
+
+
+def _rgb_view(image: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+    """(H, W, 3) view of a numpy image, gray flag, keep-channel-axis flag (shape checks, warnings)."""
     a = image
     gray = keep_axis = False
     if a.ndim == 2:
@@ -97,43 +123,71 @@ def to_tensor(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, InputSpec
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise InputError(f"empty image of shape {image.shape}")
     if channels == 4:
-        warnings.warn("RGBA input: the alpha channel is dropped; the output is RGB", stacklevel=3)
+        warnings.warn("RGBA input: the alpha channel is dropped; the output is RGB", stacklevel=4)
         a = a[:, :, :3]
     elif channels == 1:
         warnings.warn("grayscale input: replicated to 3 channels for the colour model; the output is "
-                      "converted back to grayscale (channel mean)", stacklevel=3)
-        a = np.repeat(a, 3, axis=2)
+                      "converted back to grayscale (channel mean)", stacklevel=4)
+        a = np.broadcast_to(a, (*a.shape[:2], 3))
     elif channels != 3:
         raise InputError(f"image has {channels} channels; RGB (3), RGBA (4) or grayscale (1) is needed")
+    return a, gray, keep_axis
+
+
+def as_source(image: np.ndarray | torch.Tensor) -> tuple[Source, InputSpec]:
+    """Validate a supported image (module doc) and wrap it as a :class:`Source` plus its
+    :class:`InputSpec`; uint8 stays uint8 (no copy), uint16 and float become float32."""
+    if isinstance(image, torch.Tensor):
+        return _tensor_source(image)
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array or torch tensor, got {type(image).__name__}")
+    a, gray, keep_axis = _rgb_view(image)
     if not a.dtype.isnative:  # e.g. '>u2' from a big-endian 16-bit TIFF: same values, native order
         a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype == np.uint8:
-        f = a.astype(np.float32) / 255.0
+        scale = 255.0
     elif a.dtype == np.uint16:
-        f = a.astype(np.float32) / 65535.0
+        a, scale = a.astype(np.float32), 65535.0
     elif np.issubdtype(a.dtype, np.floating):
-        f = a.astype(np.float32)
-        _float_range_check(float(f.min()), float(f.max()), "image")
+        a, scale = a.astype(np.float32, copy=False), 1.0
+        _float_range_check(float(a.min()), float(a.max()), "image")
     else:
         raise InputError(f"image dtype {a.dtype} is not supported: use uint8, uint16 or float in [0, 1]")
-    spec = InputSpec("numpy", a.dtype, gray=gray, keep_channel_axis=keep_axis)
-    t = torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))[None]
-    return t, spec
+    spec = InputSpec("numpy", image.dtype.newbyteorder("="), gray=gray, keep_channel_axis=keep_axis)
+    if a.strides[2] == 0 or not a.flags.writeable:  # broadcast gray / read-only: torch needs real memory
+        a = np.ascontiguousarray(a)
+    return Source(torch.from_numpy(a), hwc=True, scale=scale), spec
 
 
 def from_tensor(t: torch.Tensor, spec: InputSpec) -> np.ndarray | torch.Tensor:
-    """Give a (1, 3, H, W) float result back in the caller's form (dtype, layout, gray, device)."""
-    t = t.clamp(0.0, 1.0)
+    """Give a (1, 3, H, W) float result back in the caller's form (dtype, layout, gray, device).
+
+    For a numpy result ``t`` (the enhancer's own output) is modified in place, and the clamp, the
+    channel mean of a gray input and the uint8 quantisation run where ``t`` is (the GPU on the fast
+    path), so only uint8 pixels are copied to the host.
+    """
     if spec.kind == "torch":
-        t = t.to(device=spec.device, dtype=spec.dtype)
+        t = t.clamp(0.0, 1.0).to(device=spec.device, dtype=spec.dtype)
         return t if spec.batched else t[0]
-    a = t[0].detach().float().cpu().numpy().transpose(1, 2, 0)
-    if not np.isfinite(a.sum()):  # NaN survives the clamp and would quantise to black
+    with torch.inference_mode():  # in-place on the model's (inference-mode) output
+        return _to_numpy(t, spec)
+
+
+def _to_numpy(t: torch.Tensor, spec: InputSpec) -> np.ndarray:
+    if torch.isnan(t.sum()):  # NaN would survive the clamp and quantise to black (one reduction, no copy)
         raise NonFiniteOutputError("the model's output holds NaN values (its weights are NaN/inf, or the "
                                    "bf16/fp16 fast path overflowed); use another checkpoint or run without --fast")
+    t = t.clamp_(0.0, 1.0)
     if spec.gray:
-        a = a.mean(axis=2, keepdims=spec.keep_channel_axis)
-    return to_dtype(a, spec.dtype)
+        t = t.mean(dim=1, keepdim=True)
+    if np.dtype(spec.dtype) == np.uint8:
+        q = t.mul_(255.0).add_(0.5).to(torch.uint8)[0].permute(1, 2, 0)  # the rounding of to_dtype
+        a = q.cpu().numpy()
+    else:
+        a = to_dtype(t[0].permute(1, 2, 0).float().cpu().numpy(), spec.dtype)
+    if spec.gray and not spec.keep_channel_axis:
+        a = a[:, :, 0]
+    return np.ascontiguousarray(a)
 
 
 def to_dtype(a: np.ndarray, dtype: Any) -> np.ndarray:

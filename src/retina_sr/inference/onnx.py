@@ -10,6 +10,12 @@ graph does not reproduce PyTorch on a second, differently sized input; which one
 :class:`OnnxEnhancer` runs such a file with ONNX Runtime behind the same ``enhance``/``window`` API
 as :class:`~retina_sr.inference.enhancer.Enhancer`. Parity with eager fp32 PyTorch is tested at a
 max abs difference below ``1e-4`` (on the [0, 1] scale).
+
+By default the exported graph is the exact phase form of :mod:`~retina_sr.inference.fuse` (2x
+upsampling as four coarse-grid phases, the last level without full-resolution feature maps),
+which ONNX Runtime's CPU kernels run several times faster than ``ConvTranspose`` and cubic
+``Resize``; ``fuse=False`` exports the model as written. The file's metadata records which graph
+(``retina_sr.graph``), which exporter, and the receptive-field radius the tiling needs.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import numpy as np
 import torch
 
 from ..models.checkpoint import CheckpointError, load_model
-from .enhancer import BaseEnhancer, LevelOutput, resolve_checkpoint
+from .base import DEFAULT_CPU_BUDGET, BaseEnhancer, resolve_device
+from .enhancer import LevelOutput, resolve_checkpoint
+from .fuse import PhaseLapSRN
 from .image import ZoomError, check_zoom, levels_for_zoom
+from .receptive import receptive_radius
 
 __all__ = ["ExportInfo", "export_onnx", "OnnxEnhancer", "ONNX_PARITY_ATOL"]
 
@@ -46,12 +55,16 @@ class ExportInfo:
     opset: int
     parity_max_abs: float  # ONNX Runtime vs PyTorch on the check input (not the example input)
     dynamo_error: str | None = None  # why the dynamo exporter was not used, when it was not
+    graph: str = "plain"  # "phase" (fuse.PhaseLapSRN) | "plain" (the model as written)
+    graph_error: str | None = None  # why the phase graph was not used, when it was asked for
+    receptive_radius: int = 0  # input pixels (tiling overlap, ROI context)
 
 
-def _ort_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+def _ort_session(path: str | os.PathLike, threads: int | None = None, providers: list | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # conv+activation fusion, NCHWc
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -59,6 +72,16 @@ def _ort_session(path: str | os.PathLike, threads: int | None = None, providers:
     if providers is None:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
     return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
+
+
+def providers_for(device: str | torch.device | None) -> list | None:
+    """ONNX Runtime execution providers for a device name (None: CUDA when available, else CPU)."""
+    if device is None or str(device) == "auto":
+        return None
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        return ["CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
 
 
 def _max_diff_vs_torch(path: Path, module: torch.nn.Module, x: torch.Tensor) -> float:
@@ -97,62 +120,45 @@ def _export_torchscript(module: torch.nn.Module, x: torch.Tensor, out: Path, ops
                           opset_version=opset or 17)
 
 
-def export_onnx(
-    checkpoint: str | os.PathLike | torch.nn.Module,
-    out_path: str | os.PathLike,
-    zoom: float,
-    meta: dict[str, Any] | None = None,
-    opset: int | None = None,
-    prefer: str = "dynamo",
-) -> ExportInfo:
-    """Export the model of ``checkpoint`` (path, MLflow URI, or a model with ``meta``) for ``zoom``.
-
-    The graph computes the pyramid up to ``n_up = ceil(log2 zoom)`` and outputs the ``2**n_up``
-    image, so it serves every zoom in ``(2**(n_up-1), 2**n_up]`` (zoom 1: exactly 1). Input
-    ``input`` (N, 3, H, W) float32 in [0, 1], output ``output`` (N, 3, H*2**n_up, W*2**n_up), H and
-    W dynamic. ``prefer="torchscript"`` skips the dynamo attempt.
-    """
-    if isinstance(checkpoint, torch.nn.Module):
-        if meta is None:
-            raise ValueError("export_onnx(model, ...) needs the checkpoint meta (for 'levels')")
-        model = checkpoint.cpu().eval()
-    else:
-        model, meta = load_model(resolve_checkpoint(checkpoint), device="cpu")
-    z = check_zoom(zoom, 2 ** int(meta["levels"]))
-    n_up = levels_for_zoom(z)
-    module = LevelOutput(model, n_up).eval()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _try_export(module: torch.nn.Module, reference: torch.nn.Module, out: Path, opset: int | None,
+                prefer: str) -> tuple[str, float, str | None]:
+    """Export ``module`` (dynamo first unless ``prefer="torchscript"``) and check it against
+    ``reference``; ``(exporter, parity, dynamo error)`` or an exception."""
+    if prefer not in ("dynamo", "torchscript"):
+        raise ValueError(f"prefer must be 'dynamo' or 'torchscript', got {prefer!r}")
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, 32, 48, generator=gen)
     check = torch.rand(2, 3, 27, 41, generator=gen)  # other batch and odd sizes: dynamic axes work
-    if prefer not in ("dynamo", "torchscript"):
-        raise ValueError(f"prefer must be 'dynamo' or 'torchscript', got {prefer!r}")
     attempts = [("dynamo", _export_dynamo)] if prefer == "dynamo" else []
     attempts.append(("torchscript", _export_torchscript))
     dynamo_error = None
     for exporter, export in attempts:
         try:
             export(module, example, out, opset)
-            diff = _max_diff_vs_torch(out, module, check)
+            diff = _max_diff_vs_torch(out, reference, check)
             if not diff <= ONNX_PARITY_ATOL:
                 raise RuntimeError(f"the {exporter} graph differs from PyTorch on a {tuple(check.shape)} input "
                                    f"(max abs {diff:.3g} > {ONNX_PARITY_ATOL})")
-            break
+            return exporter, diff, dynamo_error
         except Exception as err:  # noqa: BLE001 - a dynamo failure -> documented fallback
             if exporter == "torchscript":
-                raise RuntimeError(f"ONNX export of {checkpoint} failed: {err}; dynamo attempt: {dynamo_error}") from err
+                raise RuntimeError(f"{err}; dynamo attempt: {dynamo_error}") from err
             dynamo_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _write_metadata(out: Path, info: ExportInfo, meta: dict[str, Any]) -> None:
     import onnx
 
     proto = onnx.load(out)
-    used_opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    info = ExportInfo(str(out), exporter, n_up, 2**n_up, used_opset, diff, dynamo_error)
+    info.opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     props = {
-        "retina_sr.n_up": str(n_up),
-        "retina_sr.scale": str(2**n_up),
+        "retina_sr.n_up": str(info.n_up),
+        "retina_sr.scale": str(info.scale),
         "retina_sr.levels": str(int(meta["levels"])),
-        "retina_sr.exporter": exporter,
+        "retina_sr.exporter": info.exporter,
+        "retina_sr.graph": info.graph,
+        "retina_sr.receptive_radius": str(info.receptive_radius),
         "retina_sr.meta": json.dumps(meta, default=str),
         "retina_sr.export": json.dumps(asdict(info)),
     }
@@ -161,6 +167,50 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.save(proto, out)
+
+
+def export_onnx(
+    checkpoint: str | os.PathLike | torch.nn.Module,
+    out_path: str | os.PathLike,
+    zoom: float,
+    meta: dict[str, Any] | None = None,
+    opset: int | None = None,
+    prefer: str = "dynamo",
+    fuse: bool = True,
+) -> ExportInfo:
+    """Export the model of ``checkpoint`` (path, MLflow URI, or a model with ``meta``) for ``zoom``.
+
+    The graph computes the pyramid up to ``n_up = ceil(log2 zoom)`` and outputs the ``2**n_up``
+    image, so it serves every zoom in ``(2**(n_up-1), 2**n_up]`` (zoom 1: exactly 1). Input
+    ``input`` (N, 3, H, W) float32 in [0, 1], output ``output`` (N, 3, H*2**n_up, W*2**n_up), H and
+    W dynamic. ``prefer="torchscript"`` skips the dynamo attempt; ``fuse=False`` exports the plain
+    graph instead of the phase form (module doc; a phase graph that fails the parity check falls
+    back to the plain one, and ``graph_error`` says why).
+    """
+    if isinstance(checkpoint, torch.nn.Module):
+        if meta is None:
+            raise ValueError("export_onnx(model, ...) needs the checkpoint meta (for 'levels')")
+        model = checkpoint.cpu().eval()
+    else:
+        model, meta = load_model(resolve_checkpoint(checkpoint), device="cpu")
+    n_up = levels_for_zoom(check_zoom(zoom, 2 ** int(meta["levels"])))
+    reference = LevelOutput(model, n_up).eval()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    graphs = [("phase", PhaseLapSRN(model, n_up).eval())] if fuse else []
+    graphs.append(("plain", reference))
+    graph_error = None
+    for graph, module in graphs:
+        try:
+            exporter, diff, dynamo_error = _try_export(module, reference, out, opset, prefer)
+            break
+        except Exception as err:  # noqa: BLE001 - the phase graph falls back to the plain one
+            if graph == "plain":
+                raise RuntimeError(f"ONNX export of {checkpoint} failed: {err}; phase graph: {graph_error}") from err
+            graph_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+    info = ExportInfo(str(out), exporter, n_up, 2**n_up, 0, diff, dynamo_error, graph, graph_error,
+                      receptive_radius(model, n_up))
+    _write_metadata(out, info, meta)
     return info
 
 
@@ -170,15 +220,18 @@ class OnnxEnhancer(BaseEnhancer):
     Args:
         path: the ``.onnx`` file.
         threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
-        providers: execution providers (default: CUDA when available, else CPU).
+        providers: execution providers (default: as ``device`` says).
+        device: ``auto`` (CUDA provider when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        memory_budget: activation bytes above which images are tiled (default 2 GiB).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: list | None = None,
+                 device: str | torch.device | None = None, memory_budget: int | None = DEFAULT_CPU_BUDGET):
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"ONNX file {path} not found: create it with `retina-sr export-onnx`")
         try:
-            self.session = _ort_session(path, threads, providers)
+            self.session = _ort_session(path, threads, providers or providers_for(device))
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"{path} is not a loadable ONNX model ({type(err).__name__}: {err})") from None
         props = self.session.get_modelmeta().custom_metadata_map
@@ -188,9 +241,20 @@ class OnnxEnhancer(BaseEnhancer):
         self.n_up = int(props["retina_sr.n_up"])
         self.max_zoom = 2**self.n_up
         self.exporter = props.get("retina_sr.exporter", "?")
+        self.graph = props.get("retina_sr.graph", "plain")
         self.meta = json.loads(props.get("retina_sr.meta", "{}"))
+        self._radius = int(props.get("retina_sr.receptive_radius", 0)) or None
+        self.memory_budget = memory_budget
         self.input_name = self.session.get_inputs()[0].name
-        self.mode = f"onnxruntime {self.session.get_providers()[0]} fp32 ({self.exporter} export)"
+        self.mode = f"onnxruntime {self.session.get_providers()[0]} fp32 ({self.graph} graph, {self.exporter} export)"
+
+    def receptive_radius(self, n_up: int) -> int:
+        if self._radius is None:  # a file from before the radius was stored: from its architecture
+            from ..config import ModelConfig
+            from ..models import build_model
+
+            self._radius = receptive_radius(build_model(ModelConfig(**self.meta["model"]), self.n_up), self.n_up)
+        return self._radius
 
     def _check_n_up(self, n_up: int) -> None:
         if n_up != self.n_up:

@@ -7,9 +7,14 @@ instead of image), rises along a raised cosine (Hann half-window) over the middl
 the inner quarter; the two weights of neighbouring tiles sum to one everywhere, so no seam shows.
 Image borders keep weight 1. With ``overlap >= 4 x`` the model's receptive-field radius the outer
 quarter discards every pixel the tile edge influenced and tiled output equals untiled output up to
-float rounding; smaller overlaps still blend smoothly. LapSRN radii (input pixels, x8): about 5 for
-F4 D1, 9 for F16 D3, 21 for F16/F64 D10, i.e. overlap 32 suits the demo models and 64-96 the
-paper-size model.
+float rounding; smaller overlaps still blend smoothly. The radius is computed from the architecture
+(:mod:`retina_sr.inference.receptive`: 9 px for F16 D3 and 21 px for F64 D10 at x8, i.e. overlaps
+of 36 and 84), and :meth:`~retina_sr.inference.enhancer.BaseEnhancer.enhance` uses that overlap
+unless told otherwise.
+
+:func:`auto_tile` picks a tile side when the activations of the whole image would exceed a memory
+budget (e.g. F16 at x8 on a 1024x1024 image: ~17 GB in fp32), so a large zoom never has to be
+asked for ``--tile`` by hand.
 This is the overlap-tile strategy of U-Net (Ronneberger et al. 2015) with the smooth blending used
 by window-based SR inference (e.g. Wang et al. 2018, ESRGAN's test script; MONAI's
 ``sliding_window_inference`` with ``mode="gaussian"``).
@@ -22,7 +27,12 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["tile_starts", "ramp_weights", "run_tiled"]
+__all__ = ["tile_starts", "ramp_weights", "run_tiled", "activation_bytes", "auto_tile", "LIVE_MAPS"]
+
+#: full-resolution feature maps alive at once in LapSRN inference (a conv's input and output, the
+#: upsampled features kept for the residual conv, the accumulating image): with 4, F16 at x8 on a
+#: 1024x1024 input is 4 * 16 * 8192**2 * 4 bytes = 17 GB, what an untiled run allocates
+LIVE_MAPS = 4
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -132,3 +142,35 @@ def run_tiled(
                 progress(done, total)
     assert out is not None
     return out / wsum
+
+
+def activation_bytes(width: int, height: int, n_up: int, features: int, bytes_per_value: int = 4) -> int:
+    """Estimated peak activation memory of one untiled pass on a ``width x height`` input."""
+    return LIVE_MAPS * int(features) * int(width) * int(height) * 4 ** int(n_up) * int(bytes_per_value)
+
+
+def auto_tile(
+    width: int,
+    height: int,
+    n_up: int,
+    features: int,
+    budget: int | None,
+    overlap: int,
+    multiple: int = 64,
+    bytes_per_value: int = 4,
+) -> int | None:
+    """The tile side (input pixels) that keeps :func:`activation_bytes` within ``budget``, or None
+    when the whole input fits (or ``budget`` is None).
+
+    The side is a multiple of ``multiple`` (every tile then has one of a few shapes, which a
+    compiled graph per shape needs; the bucket on the compiled path) and at least ``overlap +
+    multiple``, so tiles still advance.
+
+    >>> auto_tile(1024, 1024, 3, 16, 2 * 2**30, overlap=36)
+    320
+    """
+    if budget is None or activation_bytes(width, height, n_up, features, bytes_per_value) <= budget:
+        return None
+    per_pixel = LIVE_MAPS * int(features) * 4 ** int(n_up) * int(bytes_per_value)
+    side = math.isqrt(max(0, int(budget)) // per_pixel) // multiple * multiple
+    return max(side, math.ceil((overlap + multiple) / multiple) * multiple)

@@ -94,12 +94,12 @@ class LapSRN(nn.Module):
         if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):
             raise ValueError(f"LapSRN expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
         g = self.embed[0](self.act(self.head(x)))
-        y = x + self.res0(g)
+        y = _image_step(None, x, self.res0(g))
         outs = [y]
         for k in range(1, n + 1):
             i = self._idx(k - 1)
             h = self.up_feat[i](g)
-            y = self.up_img[i](y) + self.res[i](h)
+            y = _image_step(self.up_img[i], y, self.res[i](h))
             outs.append(y)
             if k < n:
                 g = self.embed[self._idx(k)](h)
@@ -110,6 +110,15 @@ class LapSRN(nn.Module):
         return (f"levels={self._levels}, F={c.features}, D={c.depth}, R={c.recursions}, "
                 f"share_weights={c.share_weights}, block={c.block}, upsample={c.upsample}, "
                 f"image_branch={c.image_branch}")
+
+
+def _image_step(up: nn.Module | None, y: Tensor, residual: Tensor) -> Tensor:
+    """The image branch ``Up_i(y) + R`` (or ``y + R`` at level 0) in fp32, also under bf16/fp16
+    autocast: bf16 resolves ~1/256 on [0.5, 1), as coarse as one 8-bit grey level, so only the
+    residual convs (features) run in reduced precision and the image is never rounded to it."""
+    with torch.autocast(y.device.type, enabled=False):
+        y = y.float()
+        return (up(y) if up is not None else y) + residual.float()
 
 
 def build_model(cfg: ModelConfig, levels: int) -> LapSRN:
