@@ -61,7 +61,8 @@ def test_start_run_logs_common_tags_params_and_resumes(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     p = Params()
-    with tracking.start_run(p, "exp-a", "train_l1", {"dvc_stage": "train_l1", "empty": None}) as run:
+    with tracking.start_run(p, "exp-a", "train_l1", {"dvc_stage": "train_l1", "empty": None},
+                            own_params={"phase": "l1", "lr": p.train.l1.lr}) as run:
         tracking.log_metrics({"loss": 0.5}, step=1)
         run_id = run.info.run_id
     client = mlflow.MlflowClient(uri)
@@ -69,21 +70,59 @@ def test_start_run_logs_common_tags_params_and_resumes(tmp_path, monkeypatch):
     assert r.info.status == "FINISHED" and r.info.run_name == "train_l1"
     assert r.data.tags["study"] == "demo" and r.data.tags["dvc_stage"] == "train_l1"
     assert "git_commit" in r.data.tags and "empty" not in r.data.tags
-    assert r.data.params["train.l1.lr"] == str(p.train.l1.lr)
-    assert r.data.params["data.scales"] == "[1, 2, 4, 8]"
+    # the stage carries only its own parameters; the study's are on the parent run
+    assert r.data.params == {"phase": "l1", "lr": str(p.train.l1.lr)}
+    parent = client.get_run(r.data.tags[tracking.PARENT_TAG])
+    assert parent.data.params["train.l1.lr"] == str(p.train.l1.lr)
+    assert parent.data.params["data.scales"] == "[1, 2, 4, 8]"
+    assert parent.data.tags[tracking.STUDY_KEY_TAG] == tracking.study_key(p) and parent.info.status == "FINISHED"
     assert client.get_experiment(r.info.experiment_id).artifact_location.startswith((tmp_path / "mlruns").as_uri())
     # resume the same run with one changed param: no MLflow error, the change is tagged
     p.evaluate.figure_images = 5
-    with tracking.start_run(p, "exp-a", "train_l1", {"resumed_from_step": 7}, run_id=run_id):
+    with tracking.start_run(p, "exp-a", "train_l1", {"resumed_from_step": 7}, run_id=run_id,
+                            own_params={"phase": "l1"}):
         tracking.log_metrics({"loss": 0.25}, step=2)
     r = client.get_run(run_id)
     assert r.data.tags["resumed_from_step"] == "7"
     assert r.data.tags["params_changed_on_resume"] == "evaluate.figure_images"
+    assert r.data.tags[tracking.PARENT_TAG] == parent.info.run_id  # a resumed run keeps its study run
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5, 0.25]
-    # a run id the store does not know starts a new run (and says so)
+    # a run id the store does not know starts a new run (and says so), under the changed study's parent
     with tracking.start_run(p, "exp-a", "train_l1", run_id="0" * 32) as run2:
         assert run2.info.run_id != "0" * 32
-    assert client.get_run(run2.info.run_id).data.tags["resumed_run_missing"] == "0" * 32
+    r2 = client.get_run(run2.info.run_id)
+    assert r2.data.tags["resumed_run_missing"] == "0" * 32
+    assert r2.data.tags[tracking.PARENT_TAG] not in (None, parent.info.run_id)
+
+
+def test_experiments_are_model_training_experiments(tmp_path, monkeypatch):
+    """MLflow 3's UI opens an experiment tagged custom_model_development on its runs table (GenAI
+    experiments open on traces); experiments made before this tag existed get it on the next run."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/kind.db"
+    tracking.init_store(uri)
+    client = mlflow.MlflowClient(uri)
+    old = client.create_experiment("older")  # as a plain create_experiment leaves it
+    assert tracking.EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    new = tracking.get_or_create_experiment("newer", uri)
+    assert tracking.get_or_create_experiment("older", uri) == old
+    for exp_id in (old, new):
+        assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_the_kind_value_is_one_the_installed_ui_knows():
+    """The values come from MLflow's UI bundle (no Python constant exists): guard against a rename."""
+    import mlflow
+
+    js = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    if not js.is_dir():
+        pytest.skip("this MLflow installation has no UI bundle")
+    bundle = "".join(f.read_text(errors="ignore") for f in js.glob("main.*.js"))
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{tracking.MODEL_TRAINING_KIND}"' in bundle
+    # the layout switch the UI reads from the URL (README/Makefile links carry tracking.UI_QUERY)
+    key, value = tracking.UI_QUERY.lstrip("?").split("=")
+    assert f'MACHINE_LEARNING="{value}"' in bundle and f'.get("{key}")' in bundle
 
 
 def test_failed_block_marks_run_failed(tmp_path, monkeypatch):
@@ -123,19 +162,22 @@ def test_eight_parallel_writers_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script), str(i)], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     client = mlflow.MlflowClient(uri)
     exps = [e for e in client.search_experiments() if e.name == "parallel"]
     assert len(exps) == 1
     runs = client.search_runs([exps[0].experiment_id], max_results=100)
-    assert len(runs) == 8
-    for r in runs:
+    parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "study"]
+    stages = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "stage"]
+    assert len(parents) == 1 and len(stages) == 8 and len(runs) == 9
+    assert parents[0].data.params["seed"] == "42"
+    for r in stages:
         i = int(r.data.tags["worker"])
         hist = client.get_metric_history(r.info.run_id, "a")
         assert sorted((m.step, m.value) for m in hist) == [(s, float(i + s)) for s in range(25)]
         assert len(client.get_metric_history(r.info.run_id, "b")) == 25
-        assert r.data.params["seed"] == "42" and r.info.status == "FINISHED"
+        assert r.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id and r.info.status == "FINISHED"
 
 
 def test_tracking_init_command_creates_store(tmp_path, monkeypatch):

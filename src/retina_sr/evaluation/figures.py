@@ -1,13 +1,22 @@
 """Figures of the evaluation (matplotlib, Agg backend, PNG).
 
-* side-by-side panels per test image and zoom: LR input, bicubic, every model, HR; a magnified inset
-  of the most vessel-dense window of the HR vessel map; the vessel maps beneath;
-* quality vs speed (vessel Dice vs FPS, log axis);
-* metrics by zoom.
+* side-by-side panels per test image and zoom: LR input, bicubic, every model, HR, each tile with its
+  PSNR-Y and vessel Dice for that image; a magnified inset of the most vessel-dense window of the HR
+  vessel map; the vessel maps beneath;
+* quality vs speed: vessel Dice (mean over the test images, 95 % bootstrap interval) against frames
+  per second on a log axis, one colour per model, one marker per zoom, the real-time frame rates
+  (:data:`REAL_TIME_FPS`) as lines;
+* metrics by zoom, with the same intervals.
+
+Every figure draws a model in the same colour (:func:`model_colour`) and a zoom with the same marker
+(:func:`zoom_marker`). ``*_plot`` functions return the matplotlib figure, ``*_figure`` write it.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import cv2
@@ -16,18 +25,50 @@ import pandas as pd
 
 from .report import model_order
 
-__all__ = ["vessel_window", "vessel_overlay", "panel_figure", "panel_path", "quality_speed_figure", "by_zoom_figure", "write_figures"]
+__all__ = [
+    "MODEL_COLOURS", "REAL_TIME_FPS", "ZOOM_MARKERS", "model_colour", "zoom_marker",
+    "vessel_window", "vessel_overlay", "panel_plot", "panel_figure", "panel_path",
+    "quality_speed_plot", "quality_speed_figure", "by_zoom_plot", "by_zoom_figure", "write_figures",
+]
 
+#: one colour per model in every figure (tab10/tab20 hues): baselines in greys and browns, the phases
+#: in strong hues; a model not listed (a modification variant) gets one of :data:`_SPARE_COLOURS`,
+#: picked from its name, so it too keeps its colour from one report to the next
+MODEL_COLOURS = {
+    "input": "#7f7f7f", "nearest": "#c7c7c7", "bicubic": "#525252", "lanczos": "#8c564b",
+    "opencv_espcn": "#c49c94", "opencv_fsrcnn": "#dbdb8d", "opencv_lapsrn": "#bcbd22",
+    "l1": "#1f77b4", "perceptual": "#2ca02c", "adversarial": "#d62728", "hr": "#000000",
+}
+_SPARE_COLOURS = ("#9467bd", "#ff7f0e", "#17becf", "#e377c2", "#aec7e8", "#98df8a", "#ff9896", "#c5b0d5",
+                  "#ffbb78", "#9edae5", "#f7b6d2")
+#: one marker per zoom factor in every figure
+ZOOM_MARKERS = {1: "o", 2: "s", 3: "P", 4: "D", 6: "X", 8: "^", 16: "v"}
+#: video frame rates a surgical microscope or fundus video camera delivers: a model at or above the
+#: line keeps up with the live picture (batch 1, the test image size)
+REAL_TIME_FPS = (30.0, 60.0)
+#: bootstrap resamples for the figures' intervals (compare.py's 10 000 are for the report's verdicts)
+_FIG_BOOT = 2000
+
+
+def model_colour(name: str) -> str:
+    """The fixed colour of model ``name`` (hex); unknown names map to a spare colour by their CRC32."""
+    if name in MODEL_COLOURS:
+        return MODEL_COLOURS[name]
+    return _SPARE_COLOURS[zlib.crc32(name.encode()) % len(_SPARE_COLOURS)]
+
+
+def zoom_marker(zoom: float) -> str:
+    return ZOOM_MARKERS.get(int(zoom), "*")
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure."""
-    fig.tight_layout()
+    """Write (creating the folder) and close a figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
+
 
 def _plt():
     import matplotlib
@@ -36,6 +77,26 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _interval(values: Iterable[float]) -> tuple[float, float, float, int]:
+    """Mean, 95 % percentile-bootstrap interval of the mean, and count of the finite ``values``."""
+    from .compare import bootstrap_ci
+
+    v = np.asarray(list(values), dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan, math.nan, 0
+    lo, hi = bootstrap_ci(v, n_boot=_FIG_BOOT) if v.size > 1 else (float(v[0]), float(v[0]))
+    return float(v.mean()), lo, hi, int(v.size)
+
+
+def _per_image(rows: pd.DataFrame | None, model: str, zoom: float, metric: str) -> pd.Series | None:
+    if rows is None or rows.empty or metric not in rows.columns:
+        return None
+    sel = rows[(rows["model"] == model) & (rows["zoom"] == zoom)][metric]
+    vals = pd.to_numeric(sel, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    return vals if len(vals) else None
 
 
 def vessel_window(vessels: np.ndarray, region: np.ndarray | None = None, frac: float = 1 / 6) -> tuple[int, int, int]:
@@ -73,31 +134,66 @@ def vessel_overlay(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def panel_figure(panel: dict, zoom: int, image_id: str, models: list[str], path: str | Path) -> Path:
-    """One test image at one zoom: columns LR, bicubic (or input), each model, HR; rows image, inset, vessels."""
+def _tile_scores(img: np.ndarray, ves: np.ndarray | None, panel: dict) -> dict[str, float]:
+    """PSNR-Y (over the FOV) and vessel Dice (over the segmenter's region) of one tile against HR,
+    with the evaluation's own metric functions, so a tile says what the table says for this image."""
+    from .metrics import dice, psnr
+
+    out = {"psnr_y": psnr(img, panel["hr"], panel.get("fov"), "y")}
+    hr_ves = panel["vessels"].get("hr")
+    if ves is not None and hr_ves is not None:
+        out["vessel_dice"] = dice(ves, hr_ves, panel.get("region"))
+    return out
+
+
+def _tile_label(scores: Mapping[str, float]) -> str:
+    parts = []
+    p = scores.get("psnr_y")
+    if p is not None and math.isfinite(p):
+        parts.append(f"PSNR-Y {p:.2f} dB")
+    d = scores.get("vessel_dice")
+    if d is not None and math.isfinite(d):
+        parts.append(f"vessel Dice {d:.3f}")
+    return "\n".join(parts)
+
+
+def panel_plot(panel: dict, zoom: int, image_id: str, models: list[str]):
+    """One test image at one zoom: columns LR, bicubic (or input), each model, HR; rows image (its
+    PSNR-Y and vessel Dice written on it, its frame in the model's colour), inset, vessel agreement."""
     plt = _plt()
     from matplotlib.patches import Rectangle
 
     hr = panel["hr"]
     h, w = hr.shape[:2]
     lr_disp = cv2.resize(panel["lr"], (w, h), interpolation=cv2.INTER_NEAREST)
-    cols: list[tuple[str, np.ndarray, np.ndarray | None]] = [(f"LR input (x{zoom})", lr_disp, panel["vessels"].get("nearest" if zoom > 1 else "input"))]
+    lr_name = "nearest" if zoom > 1 else "input"
+    # the LR column's scores are those of its nearest-neighbour enlargement (what it shows), when scored
+    cols: list[tuple[str, str, np.ndarray, np.ndarray | None]] = [
+        (f"LR input (x{zoom})", lr_name, panel["outputs"].get(lr_name, lr_disp), panel["vessels"].get(lr_name))]
     if zoom > 1 and "bicubic" in panel["outputs"]:
-        cols.append(("bicubic", panel["outputs"]["bicubic"], panel["vessels"].get("bicubic")))
+        cols.append(("bicubic", "bicubic", panel["outputs"]["bicubic"], panel["vessels"].get("bicubic")))
     for m in models:
         if m in panel["outputs"]:
-            cols.append((m, panel["outputs"][m], panel["vessels"].get(m)))
-    cols.append(("HR", hr, panel["vessels"].get("hr")))
+            cols.append((m, m, panel["outputs"][m], panel["vessels"].get(m)))
+    cols.append(("HR (reference)", "hr", hr, panel["vessels"].get("hr")))
     hr_ves = panel["vessels"]["hr"]
     y0, x0, side = vessel_window(hr_ves, panel.get("region"))
     n = len(cols)
-    fig, axes = plt.subplots(3, n, figsize=(2.3 * n, 7.2), squeeze=False)
-    for j, (title, img, ves) in enumerate(cols):
+    fig, axes = plt.subplots(3, n, figsize=(2.3 * n, 7.4), squeeze=False)
+    for j, (title, key, img, ves) in enumerate(cols):
         ax = axes[0, j]
-        ax.imshow(img)
+        ax.imshow(lr_disp if j == 0 else img)
         ax.add_patch(Rectangle((x0, y0), side, side, fill=False, edgecolor="yellow", linewidth=1))
-        ax.set_title(title, fontsize=9)
-        axes[1, j].imshow(img[y0 : y0 + side, x0 : x0 + side], interpolation="nearest")
+        colour = model_colour(key)
+        ax.set_title(title, fontsize=9, color="black")
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(3)
+        label = "reference" if key == "hr" else _tile_label(_tile_scores(img, ves, panel))
+        if label:
+            ax.text(0.02, 0.02, label, transform=ax.transAxes, fontsize=7, color="white", va="bottom",
+                    ha="left", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "edgecolor": "none"})
+        axes[1, j].imshow((lr_disp if j == 0 else img)[y0 : y0 + side, x0 : x0 + side], interpolation="nearest")
         if ves is not None:
             axes[2, j].imshow(vessel_overlay(ves, hr_ves), interpolation="nearest")
         else:
@@ -108,56 +204,136 @@ def panel_figure(panel: dict, zoom: int, image_id: str, models: list[str], path:
     axes[0, 0].set_ylabel("image")
     axes[1, 0].set_ylabel("vessel-rich inset")
     axes[2, 0].set_ylabel("vessels (white both, red extra,\ncyan missed vs HR)", fontsize=8)
-    fig.suptitle(f"{image_id} - zoom x{zoom}", fontsize=11)
-    return _save(fig, path)
+    fig.suptitle(f"{image_id} - zoom x{zoom} (tiles: this image's PSNR-Y over the FOV, vessel Dice vs HR)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
-def quality_speed_figure(agg: pd.DataFrame, path: str | Path) -> Path:
-    """Vessel Dice vs FPS (log x), one point per model and zoom."""
+def panel_figure(panel: dict, zoom: int, image_id: str, models: list[str], path: str | Path) -> Path:
+    """:func:`panel_plot` written to ``path``."""
+    return _save(panel_plot(panel, zoom, image_id, models), path)
+
+
+def _device_note(agg: pd.DataFrame) -> str:
+    devs = sorted({str(d) for d in agg.get("device", pd.Series(dtype=object)).dropna().unique()})
+    return f" on {', '.join(devs)}" if devs else ""
+
+
+def quality_speed_plot(agg: pd.DataFrame, rows: pd.DataFrame | None = None,
+                       frame_rates: Iterable[float] = REAL_TIME_FPS):
+    """Vessel Dice vs frames per second (log axis): a point per model and zoom (colour = model, marker =
+    zoom), its 95 % bootstrap interval over the test images when ``rows`` (per image) are given, and a
+    vertical line per real-time frame rate."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     d = agg[agg["fps"].notna() & agg["vessel_dice"].notna()]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    markers = "osD^v<>p*"
-    zooms = sorted(d["zoom"].unique())
+    fig, ax = plt.subplots(figsize=(9.5, 5.2))
     names = model_order(d["model"])
-    cmap = plt.get_cmap("tab10")
-    for mi, m in enumerate(names):
-        for zi, z in enumerate(zooms):
+    zooms = sorted(int(z) for z in d["zoom"].unique())
+    for m in names:
+        for z in zooms:
             r = d[(d["model"] == m) & (d["zoom"] == z)]
             if r.empty:
                 continue
-            ax.scatter(r["fps"], r["vessel_dice"], color=cmap(mi % 10), marker=markers[zi % len(markers)],
-                       label=m if zi == 0 or not ((d["model"] == m) & (d["zoom"] < z)).any() else None)
-            ax.annotate(f"x{int(z)}", (float(r["fps"].iloc[0]), float(r["vessel_dice"].iloc[0])), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            x, y = float(r["fps"].iloc[0]), float(r["vessel_dice"].iloc[0])
+            vals = _per_image(rows, m, z, "vessel_dice")
+            if vals is not None and len(vals) > 1:
+                _, lo, hi, _ = _interval(vals)
+                ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="none",
+                            ecolor=model_colour(m), elinewidth=1, capsize=2, alpha=0.8)
+            ax.scatter([x], [y], color=model_colour(m), marker=zoom_marker(z), s=45, edgecolors="black",
+                       linewidths=0.5, zorder=3)
     ax.set_xscale("log")
-    ax.set_xlabel("frames per second (log)")
-    ax.set_ylabel("vessel Dice vs HR vessels")
-    ax.set_title("Quality vs speed")
-    ax.grid(True, alpha=0.3)
+    for fr in frame_rates:
+        ax.axvline(fr, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(f"{fr:g} FPS video (real time)", (fr, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=7, color="dimgrey", xytext=(-2, -4), textcoords="offset points")
+    ax.set_xlabel(f"speed: frames per second (batch 1, test image size{_device_note(d)}; log scale)")
+    ax.set_ylabel("vessel Dice vs HR vessels (0-1, higher is better)")
+    ax.set_title("Quality vs speed (mean over test images, 95 % bootstrap interval)")
+    ax.grid(True, which="both", alpha=0.3)
     if names:
-        ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+        model_handles = [Line2D([], [], color=model_colour(m), marker="o", linestyle="none", markersize=7, label=m)
+                         for m in names]
+        zoom_handles = [Line2D([], [], color="grey", marker=zoom_marker(z), linestyle="none", markersize=7,
+                               markeredgecolor="black", label=f"x{z}") for z in zooms]
+        leg = ax.legend(handles=model_handles, title="model", fontsize=8, title_fontsize=8,
+                        loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.add_artist(leg)
+        ax.legend(handles=zoom_handles, title="zoom", fontsize=8, title_fontsize=8, loc="lower left",
+                  bbox_to_anchor=(1.01, 0.0))
+    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the legends stand right of the axes
+    return fig
 
 
-def by_zoom_figure(agg: pd.DataFrame, path: str | Path,
-                   metrics: tuple[str, ...] = ("psnr_y", "ssim_y", "vessel_dice", "vessel_cldice")) -> Path:
-    """Each metric against the zoom, one line per model (``hr`` excluded)."""
+def quality_speed_figure(agg: pd.DataFrame, path: str | Path, rows: pd.DataFrame | None = None,
+                         frame_rates: Iterable[float] = REAL_TIME_FPS) -> Path:
+    """:func:`quality_speed_plot` written to ``path``."""
+    return _save(quality_speed_plot(agg, rows, frame_rates), path)
+
+
+#: axis label (with unit or range) of each metric in the by-zoom figure
+METRIC_LABELS = {
+    "psnr_y": "PSNR-Y over the FOV (dB)", "psnr_rgb": "PSNR-RGB over the FOV (dB)",
+    "ssim_y": "SSIM-Y (0-1)", "ssim_rgb": "SSIM-RGB (0-1)", "vessel_dice": "vessel Dice vs HR (0-1)",
+    "vessel_cldice": "vessel clDice vs HR (0-1)", "manual_dice": "Dice vs manual vessels (0-1)",
+    "manual_cldice": "clDice vs manual vessels (0-1)", "checkerboard": "checkerboard energy (HR = 1)",
+    "fps": "frames per second", "ms": "ms per image",
+}
+
+
+def by_zoom_plot(agg: pd.DataFrame, rows: pd.DataFrame | None = None,
+                 metrics: tuple[str, ...] = ("psnr_y", "ssim_y", "vessel_dice", "vessel_cldice")):
+    """Each metric against the zoom, one line per model (``hr`` excluded) in its colour, markers by zoom,
+    95 % bootstrap intervals over the test images when ``rows`` are given."""
     plt = _plt()
+
     d = agg[agg["model"] != "hr"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    zs = sorted(int(z) for z in d["zoom"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
     for ax, met in zip(axes[0], metrics):
         for m in model_order(d["model"]):
             r = d[d["model"] == m].sort_values("zoom")
-            if r[met].notna().any():
-                ax.plot(r["zoom"], r[met], marker="o", label=m)
+            r = r[r[met].notna()] if met in r.columns else r.iloc[0:0]
+            if r.empty:
+                continue
+            xs = [int(z) for z in r["zoom"]]
+            ys = [float(v) for v in r[met]]
+            ax.plot(xs, ys, color=model_colour(m), label=m, linewidth=1.2)
+            for x, y in zip(xs, ys):
+                vals = _per_image(rows, m, x, met)
+                if vals is not None and len(vals) > 1:
+                    _, lo, hi, _ = _interval(vals)
+                    ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="none",
+                                ecolor=model_colour(m), elinewidth=1, capsize=2, alpha=0.8)
+                ax.scatter([x], [y], color=model_colour(m), marker=zoom_marker(x), s=25, zorder=3)
         ax.set_xscale("log", base=2)
-        zs = sorted(d["zoom"].unique())
-        ax.set_xticks(zs, [f"x{int(z)}" for z in zs])
+        ax.set_xticks(zs, [f"x{z}" for z in zs])
+        ax.minorticks_off()
+        ax.set_xlabel("zoom factor")
+        ax.set_ylabel(METRIC_LABELS.get(met, met))
         ax.set_title(met)
         ax.grid(True, alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[0, 1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        axes[0, -1].legend(handles, labels, title="model", fontsize=7, title_fontsize=7, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Metrics by zoom (mean over test images, 95 % bootstrap interval)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.2 / (4.2 * len(metrics)), 1))  # room for the legend on the right
+    return fig
+
+
+def by_zoom_figure(agg: pd.DataFrame, path: str | Path, rows: pd.DataFrame | None = None,
+                   metrics: tuple[str, ...] = ("psnr_y", "ssim_y", "vessel_dice", "vessel_cldice")) -> Path:
+    """:func:`by_zoom_plot` written to ``path``."""
+    return _save(by_zoom_plot(agg, rows, metrics), path)
 
 
 def panel_path(fig_dir: str | Path, image_id: str, zoom: int) -> Path:
@@ -174,6 +350,6 @@ def write_figures(result, agg: pd.DataFrame, fig_dir: str | Path) -> list[Path]:
     out = []
     for (zoom, image_id), panel in sorted(result.panels.items()):
         out.append(panel_figure(panel, zoom, image_id, models, panel_path(fig_dir, image_id, zoom)))
-    out.append(quality_speed_figure(agg, fig_dir / "quality_speed.png"))
-    out.append(by_zoom_figure(agg, fig_dir / "by_zoom.png"))
+    out.append(quality_speed_figure(agg, fig_dir / "quality_speed.png", result.rows))
+    out.append(by_zoom_figure(agg, fig_dir / "by_zoom.png", result.rows))
     return out

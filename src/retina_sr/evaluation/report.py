@@ -14,6 +14,7 @@ from .runner import IMAGE_METRICS, SPEED_METRICS, EvaluationResult
 
 __all__ = [
     "HIGHER_IS_BETTER",
+    "IDEAL_VALUE",
     "CONVENTIONS",
     "aggregate",
     "metrics_dict",
@@ -25,13 +26,15 @@ __all__ = [
     "model_order",
 ]
 
-#: direction of each metric (the artifact score: less periodic energy is better; smoothness is
-#: already penalised by PSNR/SSIM and the vessel metrics)
+#: direction of each metric whose best is an extreme
 HIGHER_IS_BETTER = {
     "psnr_y": True, "psnr_rgb": True, "ssim_y": True, "ssim_rgb": True,
     "vessel_dice": True, "vessel_cldice": True, "manual_dice": True, "manual_cldice": True,
-    "thinnest_calibre": False, "checkerboard": False, "ms": False, "fps": True,
+    "thinnest_calibre": False, "ms": False, "fps": True,
 }
+#: metrics whose best is a value, not an extreme: the checkerboard energy is relative to HR, so 1 is
+#: "like HR"; above 1 adds periodic artifacts or noise, below 1 is smoother than HR (also a loss)
+IDEAL_VALUE = {"checkerboard": 1.0}
 
 CONVENTIONS = """\
 - **PSNR** (dB, peak 255) over the field-of-view (FOV) pixels only, no border shave. `psnr_y`: BT.601
@@ -49,7 +52,7 @@ CONVENTIONS = """\
   no bin recovered, written as null in metrics.json). Median over the images that have a calibre map.
 - **checkerboard**: spectral energy of the output's luminance at the upsampling periods (2 .. zoom px)
   relative to the HR image (1 = like HR, > 1 = periodic artifacts or noise added, < 1 = smoother than
-  HR there); lowest is bold.
+  HR there); the value closest to 1 is bold.
 - **ms / fps**: median wall time per image (batch 1, fp32, after 2 warm-up runs, model forward only with
   the input already on the device) and its inverse, on the device named in the table.
 - Values are means over the test images (NaN-aware; thinnest_calibre: median); metrics.json writes
@@ -156,12 +159,16 @@ def _fmt(v: float, metric: str) -> str:
 
 def _best(values: pd.Series, metric: str) -> set[int]:
     v = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan)
-    if not HIGHER_IS_BETTER.get(metric, True):
+    if metric in IDEAL_VALUE:
+        v = -(v - IDEAL_VALUE[metric]).abs()  # closest to the ideal wins
+    elif not HIGHER_IS_BETTER.get(metric, True):
         v = -v
-    if v.notna().sum() == 0 or (v.notna().sum() > 1 and v.max() == v.min()):
-        return set()  # nothing to compare, or a tie of every candidate: no winner to highlight
+    n = int(v.notna().sum())
+    if n == 0:
+        return set()
     best = v.max()
-    return {i for i, x in v.items() if pd.notna(x) and np.isclose(x, best, rtol=1e-9, atol=1e-12)}
+    won = {i for i, x in v.items() if pd.notna(x) and np.isclose(x, best, rtol=1e-9, atol=1e-12)}
+    return set() if n > 1 and len(won) == n else won  # a tie of every candidate: no winner to highlight
 
 
 def summary_markdown(result: EvaluationResult, agg: pd.DataFrame, cmp: pd.DataFrame | None = None) -> str:

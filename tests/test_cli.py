@@ -1,0 +1,78 @@
+"""The `retina-sr` command line as a user meets it: the zoom tool's commands first, the pipeline's
+after them, and in every sub-command's --help a one-line description and an example that parses."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from retina_sr.cli import EXAMPLES, USER_COMMANDS, build_parser, walk_commands
+
+PARSER = build_parser()
+COMMANDS = [(path, child, line) for path, child, line in walk_commands(PARSER)]
+
+
+def _help(parser) -> str:
+    return parser.format_help()
+
+
+def test_overview_lists_user_commands_first_then_the_pipeline():
+    text = _help(PARSER)
+    head, _, rest = text.partition("pipeline and developer commands")
+    assert rest, text
+    top = [n for n in USER_COMMANDS if re.search(rf"^  {re.escape(n)}\s", head, re.M)]
+    assert top == list(USER_COMMANDS)
+    positions = [head.index(f"\n  {n} ") for n in USER_COMMANDS]
+    assert positions == sorted(positions)  # in the chosen order
+    for internal in ("dvc-commit", "train", "tracking", "phantom", "evaluate"):
+        assert re.search(rf"^  {internal}\s", rest, re.M), internal
+        assert not re.search(rf"^  {internal}\s", head, re.M), internal
+    # every top-level command appears exactly once in the overview
+    top_level = [p for p, _, _ in COMMANDS if " " not in p]
+    for name in top_level:
+        assert len(re.findall(rf"^  {re.escape(name)}\s", text, re.M)) == 1, name
+    assert "examples:" in text and "retina-sr zoom eye.jpg --zoom 4" in text
+
+
+@pytest.mark.parametrize("path", [p for p, _, _ in COMMANDS])
+def test_every_subcommand_help_has_a_description_and_an_example(path):
+    child = {p: c for p, c, _ in COMMANDS}[path]
+    text = _help(child)
+    assert child.description and child.description.strip(), path
+    first = child.description.strip().splitlines()[0]
+    assert len(first) > 10, (path, first)
+    assert re.search(r"\bexamples?\b", text, re.I), f"`retina-sr {path} --help` shows no example:\n{text}"
+    example = text.lower().split("example", 1)[1]
+    assert f"retina-sr {path.split()[0]}" in example, f"the example of {path} does not run it:\n{text}"
+
+
+@pytest.mark.parametrize("path, example", sorted(EXAMPLES.items()))
+def test_examples_parse_with_the_current_options(path, example):
+    """An example that no longer matches its command's options fails here, not in a user's terminal."""
+    argv = shlex.split(example)
+    assert argv[0] == "retina-sr" and argv[1:1 + len(path.split())] == path.split(), example
+    try:
+        PARSER.parse_args(argv[1:])
+    except SystemExit as err:  # argparse's usage error
+        pytest.fail(f"{example!r} does not parse (exit {err.code})")
+
+
+def test_help_exits_zero_for_every_subcommand(capsys):
+    for path, _, _ in COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args([*path.split(), "--help"])
+        assert info.value.code == 0, path
+    assert "usage: retina-sr" in capsys.readouterr().out
+
+
+def test_overview_examples_parse():
+    text = _help(PARSER).split("\nexamples:\n", 1)[1]
+    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.strip().startswith("retina-sr ")]
+    assert len(lines) >= 3
+    for example in lines:
+        try:
+            PARSER.parse_args(shlex.split(example)[1:])
+        except SystemExit as err:
+            pytest.fail(f"{example!r} does not parse (exit {err.code})")
