@@ -8,7 +8,10 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 PYTEST_ARGS ?=
 
-.PHONY: venv repro snake test test-fast ui bench clean-outputs
+# the study's own images for the preprocessing benchmark (after `make repro`); any folder of photographs works
+BENCH_IMAGES ?= data/raw
+
+.PHONY: venv params repro snake test test-fast test-cluster lint ui bench clean-outputs
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,13 +19,19 @@ $(BIN)/.installed: pyproject.toml
 	# opencv-contrib-python-headless (cv2.dnn_superres) replaces opencv-python-headless: both own cv2/
 	if $(BIN)/python -m pip show -q opencv-python-headless >/dev/null 2>&1; then \
 		$(BIN)/python -m pip uninstall -y -q opencv-python-headless opencv-contrib-python-headless; fi
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# the pipeline (DVC, Snakemake, Hydra, MLflow, Kaggle), the tests and the linters; `pip install -e .` alone
+	# is the inference API
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,test,dev]'
 	touch $@
 
 venv: $(BIN)/.installed
 
+# params.yaml from conf/ (the Hydra composition `dvc exp run` writes; the default study: demo)
+params: venv
+	$(BIN)/retina-sr params compose --out params.yaml
+
 # the whole study with DVC (default params: offline demo study)
-repro: venv
+repro: params
 	$(BIN)/retina-sr tracking init
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
@@ -31,16 +40,28 @@ snake: venv
 	$(BIN)/retina-sr tracking init
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 8 evaluate
 
+# everything but the cluster tests (they start Slurm, S3 and MLflow servers as root: `make test-cluster`)
 test: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 test-fast: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# a real single-node Slurm cluster (Debian packages, root), a local S3 server and an MLflow tracking
+# server: about 6-10 min on 2 cores; run before changing orchestration or tracking (see README)
+test-cluster: venv
+	$(BIN)/python -m pip install --quiet -e '.[cluster]'
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
+
+# ruff on the whole tree, mypy on the package (both configured in pyproject.toml)
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 bench: venv
-	$(BIN)/retina-sr bench-preprocess
+	$(BIN)/retina-sr bench-preprocess --images $(BENCH_IMAGES)
 	$(BIN)/retina-sr bench-train --sizes demo,full
 	$(BIN)/retina-sr bench --arch F16D3 --arch F64D10 --sizes 1920x1080 --zooms 4 --repeats 3 --json bench-zoom.json

@@ -1,45 +1,47 @@
-# The study's DAG for Snakemake: the same stages, inputs, outputs and params as dvc.yaml
-# (tests/test_orchestration.py checks it). Run: snakemake --cores 8 evaluate
-# Full study: snakemake --cores 8 evaluate --configfile conf/study/full.yaml
+# The study's DAG for Snakemake: the same stages, inputs, outputs and params as dvc.yaml; the training
+# rules come from the phase table (src/retina_sr/phases.py), the paths from src/retina_sr/paths.py
+# (tests/test_orchestration.py checks both orchestrators against them). Run: snakemake --cores 8 evaluate
+#
+# Parameters: Hydra composes conf/ exactly as `dvc exp run` does:
+#   snakemake --cores 8 evaluate --config study=full                              # = dvc exp run -S study=full
+#   snakemake --cores 8 evaluate --config study=real overrides='train.l1.steps=100 seed=7'
+# The composition is written to .snakemake/retina-sr/params-<digest>.yaml and passed to every stage.
+import hashlib
 import json
+import os
 import shlex
 from pathlib import Path
 
-configfile: "params.yaml"
+import yaml
 
-from retina_sr.config import flatten, params_from_dict, load_params
-
-# params.yaml is the base; each --configfile is merged on top, in the order given (Snakemake lists the
-# command-line files before the `configfile:` above, so the order is rebuilt here). The same files
-# are passed to the scripts in that order, so they see exactly the merged configuration Snakemake sees.
-def _shown(f):
-    """A path as the shell commands show it: relative to the working directory when inside it."""
-    p = Path(f).absolute()
-    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
-
-
-CONFIGFILES = ["params.yaml"] + list(dict.fromkeys(
-    _shown(f) for f in workflow.configfiles if Path(f).absolute() != Path("params.yaml").absolute()
-))
-_merged = load_params(CONFIGFILES[0], *CONFIGFILES[1:])
-# `--config key=value` would bypass the files (the scripts would never see it): refuse it
-_given = flatten(params_from_dict(config, "snakemake config").model_dump(mode="json"))
-_differ = sorted(k for k, v in flatten(_merged.model_dump(mode="json")).items() if _given.get(k) != v)
-if _differ:
-    raise ValueError(
-        f"snakemake --config overrides are not supported for the study parameters ({', '.join(_differ[:5])}); "
-        "put them in a YAML file and pass it with --configfile FILE"
-    )
-P = _merged
-# Snakemake deletes a job's old outputs before it runs: an input folder inside a stage output would be
-# gone before the download stage could refuse it, so check before any job starts
+from retina_sr import paths, phases
+from retina_sr.config import compose_yaml, params_from_dict
 from retina_sr.data.download import check_inputs
 
+_ALLOWED = {"study", "overrides"}
+if workflow.configfiles or set(config) - _ALLOWED:
+    raise ValueError(
+        "the study's parameters come from conf/ (Hydra): select a study with --config study=full and give other "
+        "values as --config overrides='train.l1.steps=100 seed=7' (Hydra override syntax, as `dvc exp run -S`), "
+        f"or edit conf/config.yaml; got --configfile {list(workflow.configfiles)} / --config keys {sorted(config)}"
+    )
+OVERRIDES = ([f"study={config['study']}"] if "study" in config else []) + shlex.split(str(config.get("overrides", "")))
+TEXT = compose_yaml(OVERRIDES)
+COMPOSED = yaml.safe_load(TEXT)
+P = params_from_dict(COMPOSED, "conf/config.yaml" + "".join(f" + {o}" for o in OVERRIDES))
+PARAMS_FILE = Path(".snakemake", "retina-sr", f"params-{hashlib.sha256(TEXT.encode()).hexdigest()[:12]}.yaml")
+if not PARAMS_FILE.is_file() or PARAMS_FILE.read_text() != TEXT:  # every job's Snakefile parse writes the same bytes
+    PARAMS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    _tmp = PARAMS_FILE.with_name(f".{PARAMS_FILE.name}.{os.getpid()}.tmp")
+    _tmp.write_text(TEXT)
+    _tmp.replace(PARAMS_FILE)
+# Snakemake deletes a job's old outputs before it runs: an input folder inside a stage output would be
+# gone before the download stage could refuse it, so check before any job starts
 check_inputs(P.data)
-# quoted like Snakemake's {x:q}: a path with a space stays one argument
-PARAMS_ARGS = " ".join(f"--params {shlex.quote(f)}" for f in CONFIGFILES)
-VARIANTS = sorted(P.train.modified.variants)
+
+VARIANTS = sorted(P.train.variants)
 TRAIN_THREADS = 2
+STAGE = "python workflow/scripts/{stage}.py --params " + shlex.quote(str(PARAMS_FILE)) + " --threads {{threads}}"
 
 
 def code(*folders):
@@ -47,163 +49,147 @@ def code(*folders):
     return sorted(str(p) for f in folders for p in Path(f).rglob("*.py"))
 
 
+def _constant(text):
+    return lambda wildcards: text
+
+
 def pick(*keys):
-    """The values of dotted parameter keys, as rule params (Snakemake reruns a job when they change)."""
-    out = {}
-    for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        out[key.replace(".", "__")] = json.dumps(value, sort_keys=True)
-    return out
+    """The values of dotted parameter keys, as rule params (Snakemake reruns a job when they change); as
+    functions, so that values such as data.folder.mask_pattern '{stem}.tif' are not taken for wildcards."""
+    return {key.replace(".", "__"): _constant(json.dumps(P.value(key), sort_keys=True)) for key in keys}
 
 
-TRAIN_COMMON = [
-    "seed", "study", "data.scales", "model", "train.device", "train.batch_size", "train.amp",
-    "train.channels_last", "train.ema_decay", "train.val_every", "train.log_every",
-    "train.checkpoint_every", "train.charbonnier_eps", "train.lr_schedule", "train.grad_clip",
-    "train.max_val_patches", "train.warmup_steps", "train.degradation", "data.patches",
-]
+def products(phase, variant=None):
+    """A training stage's named outputs: models/<phase>[/<variant>]/{model.pt,metrics.json,plots.csv}."""
+    d = paths.phase_dir(phase, variant)
+    return {"model": str(d / "model.pt"), "metrics": str(d / "metrics.json"), "plots": str(d / "plots.csv")}
+
+
 TRAIN_CODE = code("src/retina_sr/models", "src/retina_sr/losses", "src/retina_sr/training")
 
 
 onsuccess:
-    # Record Snakemake's results in dvc.lock, so that a following `dvc repro` does not redo them.
-    # Only for the default parameter file (dvc.lock describes params.yaml).
-    if CONFIGFILES == ["params.yaml"] and Path(".dvc").is_dir():
+    # Record Snakemake's results in dvc.lock, so that a following `dvc repro` does not redo them: only when
+    # the composition is what params.yaml holds (dvc.lock describes params.yaml).
+    pfile = Path("params.yaml")
+    if Path(".dvc").is_dir() and pfile.is_file() and yaml.safe_load(pfile.read_text()) == COMPOSED:
         shell("retina-sr dvc-commit")
+    elif Path(".dvc").is_dir():
+        print(f"params.yaml differs from this run's composition ({PARAMS_FILE}): dvc.lock not updated "
+              "(`retina-sr params compose --out params.yaml` or `dvc exp run` writes params.yaml from conf/)")
 
 
 rule evaluate:
     input:
-        "workflow/scripts/evaluate.py",
-        code("src/retina_sr/evaluation", "src/retina_sr/models"),
-        "data/patches",
-        "models/l1/model.pt",
-        "models/perceptual/model.pt",
-        "models/adversarial/model.pt",
-        # dvc.yaml depends on the folder models/modified: every variant's outputs
-        expand("models/modified/{variant}/{f}", variant=VARIANTS, f=["model.pt", "metrics.json", "plots.csv"]),
+        script="workflow/scripts/evaluate.py",
+        code=code("src/retina_sr/evaluation", "src/retina_sr/models"),
+        patches=str(paths.PATCHES),
+        # dvc.yaml depends on the main line's models and on the folder of each variant phase (every variant's outputs)
+        models=[str(paths.model_file(p)) for p in phases.MAIN_LINE],
+        variants=[f for p in phases.PHASES if p.variants for v in VARIANTS for f in products(p.name, v).values()],
     output:
-        "reports/results.csv",
-        "reports/comparison.csv",
-        "reports/summary.md",
-        directory("reports/figures"),
-        directory("reports/plots"),
-        "reports/metrics.json",
+        results=str(paths.REPORTS / "results.csv"),
+        comparison=str(paths.REPORTS / "comparison.csv"),
+        summary=str(paths.REPORTS / "summary.md"),
+        figures=directory(str(paths.REPORTS / "figures")),
+        plots=directory(str(paths.REPORTS / "plots")),
+        metrics=str(paths.REPORTS / "metrics.json"),
+    log:
+        "logs/evaluate.log",
     params:
-        **pick("seed", "data.scales", "data.patches", "evaluate", "train.device", "train.modified.variants", "mlflow"),
+        **pick("seed", "data.scales", "data.patches", "evaluate", "train.loop.device", phases.VARIANTS_KEY, "mlflow"),
     threads: TRAIN_THREADS
     shell:
-        "python workflow/scripts/evaluate.py {PARAMS_ARGS} --threads {threads}"
+        STAGE.format(stage="evaluate") + " 2> {log:q}"
 
 
 rule download:
     input:
-        "workflow/scripts/download.py",
-        code("src/retina_sr/data"),
+        script="workflow/scripts/download.py",
+        code=code("src/retina_sr/data"),
     output:
-        directory("data/raw"),
+        raw=directory(str(paths.RAW)),
+    log:
+        "logs/download.log",
     params:
-        **pick("study", "seed", "data.source", "data.n_images", "data.demo", "data.folder", "data.kaggle"),
+        **pick("study", "seed", "data.source", "data.n_images", "data.demo", "data.folder", "data.extra_folders",
+               "data.kaggle"),
     shell:
-        "python workflow/scripts/download.py {PARAMS_ARGS} --threads {threads}"
+        STAGE.format(stage="download") + " 2> {log:q}"
 
 
 rule preprocess:
     input:
-        "workflow/scripts/preprocess.py",
-        code("src/retina_sr/data"),
-        "data/raw",
+        script="workflow/scripts/preprocess.py",
+        code=code("src/retina_sr/data"),
+        raw=rules.download.output.raw,
     output:
-        directory("data/processed"),
+        processed=directory(str(paths.PROCESSED)),
+    log:
+        "logs/preprocess.log",
     params:
         **pick("seed", "data.size", "data.split", "data.workers"),
     threads: P.data.workers
     shell:
-        "python workflow/scripts/preprocess.py {PARAMS_ARGS} --threads {threads}"
+        STAGE.format(stage="preprocess") + " 2> {log:q}"
 
 
 rule patches:
     input:
-        "workflow/scripts/patches.py",
-        code("src/retina_sr/data"),
-        "data/processed",
+        script="workflow/scripts/patches.py",
+        code=code("src/retina_sr/data"),
+        processed=rules.preprocess.output.processed,
     output:
-        directory("data/patches"),
+        patches=directory(str(paths.PATCHES)),
+    log:
+        "logs/patches.log",
     params:
         **pick("seed", "data.size", "data.scales", "data.patches"),
     shell:
-        "python workflow/scripts/patches.py {PARAMS_ARGS} --threads {threads}"
+        STAGE.format(stage="patches") + " 2> {log:q}"
 
 
-rule train_l1:
-    input:
-        "workflow/scripts/train.py",
-        TRAIN_CODE,
-        "data/patches",
-    output:
-        "models/l1/model.pt",
-        "models/l1/metrics.json",
-        "models/l1/plots.csv",
-    params:
-        **pick(*TRAIN_COMMON, "train.l1"),
-    threads: TRAIN_THREADS
-    shell:
-        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase l1"
-
-
-rule train_perceptual:
-    input:
-        "workflow/scripts/train.py",
-        TRAIN_CODE,
-        "data/patches",
-        "models/l1/model.pt",
-    output:
-        "models/perceptual/model.pt",
-        "models/perceptual/metrics.json",
-        "models/perceptual/plots.csv",
-    params:
-        **pick(*TRAIN_COMMON, "train.perceptual"),
-    threads: TRAIN_THREADS
-    shell:
-        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase perceptual"
-
-
-rule train_adversarial:
-    input:
-        "workflow/scripts/train.py",
-        TRAIN_CODE,
-        "data/patches",
-        "models/perceptual/model.pt",
-    output:
-        "models/adversarial/model.pt",
-        "models/adversarial/metrics.json",
-        "models/adversarial/plots.csv",
-    params:
-        **pick(*TRAIN_COMMON, "train.perceptual", "train.adversarial"),
-    threads: TRAIN_THREADS
-    shell:
-        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase adversarial"
-
-
-rule train_modified:
-    input:
-        "workflow/scripts/train.py",
-        TRAIN_CODE,
-        "data/patches",
-        "models/adversarial/model.pt",
-    output:
-        "models/modified/{variant}/model.pt",
-        "models/modified/{variant}/metrics.json",
-        "models/modified/{variant}/plots.csv",
-    wildcard_constraints:
-        variant="|".join(VARIANTS),
-    params:
-        **pick(*TRAIN_COMMON, "train.perceptual", "train.adversarial", "train.modified.steps",
-               "train.modified.lr", "train.modified.pixel_weight", "train.modified.ridge_weight",
-               "train.l1.steps"),
-        variant_config=lambda wc: json.dumps(config["train"]["modified"]["variants"][wc.variant], sort_keys=True),
-    threads: TRAIN_THREADS
-    shell:
-        "python workflow/scripts/train.py {PARAMS_ARGS} --threads {threads} --phase modified --variant {wildcards.variant:q}"
+# one rule per phase of the table: train_l1, train_perceptual, train_adversarial, train_modified (per variant).
+# Snakemake evaluates `shell:` when a job runs, after the loop: everything phase-specific goes through
+# directives evaluated here (name, input, output, log, params).
+for _ph in phases.PHASES:
+    _previous = [str(paths.model_file(_ph.previous))] if _ph.previous else []
+    if _ph.variants:
+        rule:
+            name: phases.stage_name(_ph.name)
+            input:
+                script="workflow/scripts/train.py",
+                code=TRAIN_CODE,
+                patches=rules.patches.output.patches,
+                previous=_previous,
+            output:
+                **products(_ph.name, "{variant}"),
+            wildcard_constraints:
+                variant="|".join(VARIANTS),
+            log:
+                f"logs/{phases.stage_name(_ph.name)}/{{variant}}.log",
+            params:
+                **pick(*phases.stage_params(_ph.name)),
+                variant_config=lambda wc: json.dumps(P.value(f"{phases.VARIANTS_KEY}.{wc.variant}"), sort_keys=True),
+                phase=_ph.name,  # not a study parameter: the shell command reads it (a loop variable would not keep)
+            threads: TRAIN_THREADS
+            shell:
+                STAGE.format(stage="train") + " --phase {params.phase} --variant {wildcards.variant:q} 2> {log:q}"
+    else:
+        rule:
+            name: phases.stage_name(_ph.name)
+            input:
+                script="workflow/scripts/train.py",
+                code=TRAIN_CODE,
+                patches=rules.patches.output.patches,
+                previous=_previous,
+            output:
+                **products(_ph.name),
+            log:
+                f"logs/{phases.stage_name(_ph.name)}.log",
+            params:
+                **pick(*phases.stage_params(_ph.name)),
+                phase=_ph.name,  # not a study parameter: the shell command reads it (a loop variable would not keep)
+            threads: TRAIN_THREADS
+            shell:
+                STAGE.format(stage="train") + " --phase {params.phase} 2> {log:q}"

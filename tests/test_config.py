@@ -1,4 +1,5 @@
-"""params.yaml is validated on load; errors name the key; both parameter sets stay valid and in sync."""
+"""The configuration: one source (conf/, composed by Hydra) that DVC and Snakemake both read; params.yaml
+validated on load; errors name the key; the field defaults are the demo study."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retina_sr.commands import compose_params
-from retina_sr.config import ConfigError, deep_merge, flatten, load_params, params_from_dict
+from retina_sr.config import (
+    ConfigError,
+    Params,
+    compose,
+    compose_yaml,
+    flatten,
+    levels_for_zoom,
+    load_composed,
+    load_params,
+    params_from_dict,
+    parse_arch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 
 
 @pytest.fixture()
@@ -27,17 +39,110 @@ def test_default_params_are_the_demo_study():
 
 
 def test_full_study_is_valid_and_paper_sized():
-    p = load_params(ROOT / "params.yaml", ROOT / "conf/study/full.yaml")
+    p = load_composed(["study=full"], CONF)
     assert p.study == "full" and p.data.source == "kaggle" and p.data.n_images == 1000
     assert p.data.size == 1024 and (p.model.features, p.model.depth) == (64, 10)
-    assert p.train.perceptual.vgg_weights == "imagenet"
-    # the merge keeps keys the override does not name
-    assert p.data.scales == [1, 2, 4, 8] and p.data.patches.crop == 128
+    assert p.train.perceptual.vgg_weights == "imagenet" and p.train.loop.batch_size == 64
+    # the overlay keeps keys it does not name
+    assert p.data.scales == [1, 2, 4, 8] and p.data.patches.crop == 128 and p.train.loop.grad_clip == 1.0
 
 
-def test_params_yaml_equals_hydra_demo_composition(raw):
-    """DVC's `dvc exp run` rewrites params.yaml from conf/: the committed file must equal that."""
-    assert compose_params("demo", ROOT / "conf") == raw
+def test_real_study_composes_and_is_valid():
+    p = load_composed(["study=real"], CONF)
+    assert p.study == "real" and p.data.source == "folder" and len(p.data.extra_folders) == 1
+    assert p.train.l1.steps == 3000 and p.train.loop.val_every == 250
+
+
+# ------------------------------------------------------------ one source: conf/, composed by Hydra
+def test_params_yaml_is_the_hydra_composition_byte_for_byte():
+    """params.yaml is generated from conf/ (DVC writes it on `dvc exp run`): the committed file is what
+    `retina-sr params compose --out params.yaml` and DVC write, so the source and the file cannot drift."""
+    assert (ROOT / "params.yaml").read_text() == compose_yaml(conf_dir=CONF), (
+        "params.yaml is stale: edit conf/ and run `retina-sr params compose --out params.yaml` (or `dvc exp run`)")
+
+
+def test_composition_is_what_dvc_writes(tmp_path):
+    """Our composition and DVC's own Hydra integration (dvc.utils.hydra.compose_and_dump, what
+    `dvc exp run -S study=full` calls) give the same file."""
+    from dvc.utils.hydra import compose_and_dump
+
+    for overrides in ([], ["study=full"], ["study=real", "train.l1.steps=5"]):
+        out = tmp_path / "params.yaml"
+        compose_and_dump(out, str(CONF), None, "config", str(tmp_path), overrides)
+        assert out.read_text() == compose_yaml(overrides, CONF), overrides
+
+
+def test_one_edit_in_conf_reaches_every_composition(tmp_path):
+    """A user edits one file (conf/config.yaml); every study composed from it sees the edit."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    text = (conf / "config.yaml").read_text()
+    assert text.count("    val_every: 50\n") == 1
+    (conf / "config.yaml").write_text(text.replace("    val_every: 50\n", "    val_every: 7\n"))
+    assert load_composed([], conf).train.loop.val_every == 7
+    assert load_composed(["study=full"], conf).train.loop.val_every == 500  # the full study sets its own
+    assert load_composed(["study=real"], conf).train.loop.warmup_steps == 0
+    (conf / "config.yaml").write_text(text.replace("    warmup_steps: 0\n", "    warmup_steps: 3\n"))
+    assert load_composed(["study=real"], conf).train.loop.warmup_steps == 3
+
+
+def test_hydra_overrides_and_their_errors_name_the_key():
+    assert compose(["study=full", "train.l1.steps=7"], CONF)["train"]["l1"]["steps"] == 7
+    with pytest.raises(ConfigError, match=r"study.*fulll") as e:
+        compose(["study=fulll"], CONF)
+    assert "demo" in str(e.value) and "\n" not in str(e.value)  # the choices, on one line
+    with pytest.raises(ConfigError, match=r"train\.l1\.stepz"):
+        compose(["train.l1.stepz=5"], CONF)
+    with pytest.raises(ConfigError, match=r"train\.l1\.steps: .*true/false"):
+        load_composed(["train.l1.steps=true"], CONF)
+    with pytest.raises(ConfigError, match="config.yaml not found"):
+        compose([], ROOT / "nowhere")
+
+
+def test_field_defaults_are_the_demo_study():
+    """One source of defaults: Params() is the demo composition (but for a folder of one machine)."""
+    composed, defaults = flatten(compose([], CONF)), flatten(Params().model_dump(mode="json"))
+    differ = {k: (composed.get(k), defaults.get(k)) for k in set(composed) | set(defaults)
+              if composed.get(k) != defaults.get(k)}
+    assert differ == {"evaluate.peers_dir": ("../shared/peers/opencv_dnn_superres", None)}
+
+
+def test_a_partial_section_gets_the_demo_defaults():
+    """Every section's class defaults are the demo values too (not a generic phase budget)."""
+    p = params_from_dict({"train": {"l1": {"lr": 0.01}, "modified": {"ridge_weight": 1.0}}}, "partial.yaml")
+    assert (p.train.l1.steps, p.train.l1.lr) == (600, 0.01) and (p.train.modified.steps, p.train.modified.lr) == (50, 3e-4)
+    assert p.train.loop == Params().train.loop and p.data == Params().data
+
+
+def test_override_files_merge_on_top(tmp_path):
+    f = tmp_path / "o.yaml"
+    f.write_text("train:\n  loop:\n    batch_size: 3\n  variants:\n    extra: {block: residual}\n")
+    p = load_params(ROOT / "params.yaml", f)
+    assert p.train.loop.batch_size == 3 and p.train.loop.val_every == 50  # merged key by key
+    assert set(p.train.variants) == {"shared", "resblock", "subpixel", "extra"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=r"train"):
+        load_params(ROOT / "params.yaml", bad)
+
+
+def test_value_reads_dotted_keys():
+    p = Params()
+    assert p.value("train.loop.batch_size") == 8 and p.value("train.variants.shared")["recursions"] == 2
+    with pytest.raises(KeyError, match="train.loop.nope"):
+        p.value("train.loop.nope")
+
+
+def test_zoom_levels_and_arch_parsing():
+    assert [levels_for_zoom(z) for z in (1, 1.5, 2, 3, 4, 8, 16)] == [0, 1, 1, 2, 2, 3, 4]
+    with pytest.raises(ValueError, match="below 1"):
+        levels_for_zoom(0.5)
+    assert parse_arch("F16D3") == (16, 3) and parse_arch(" f64d10 ") == (64, 10)
+    for bad in ("F16", "F0D3", "16x3"):
+        with pytest.raises(ValueError, match="F<features>D<depth>"):
+            parse_arch(bad)
 
 
 def test_unknown_key_is_named(raw):
@@ -61,7 +166,8 @@ def test_wrong_type_is_named(raw):
         (("data", "split", "val"), 0.9, r"leave images for training"),
         (("data", "source"), "folder", r"folder\.path is not set"),
         (("data", "patches", "blur_sigma"), [2.0, 1.0], r"low <= high"),
-        (("train", "modified", "variants"), {"Bad Name": {}}, r"must match"),
+        (("train", "variants"), {"Bad Name": {}}, r"must match"),
+        (("train", "variants"), {}, r"at least one variant"),
         (("data", "n_images"), 2, r"data\.n_images"),
         (("train", "adversarial", "discriminator", "n_layers"), 6, r"smaller than the discriminator's smallest input"),
     ],
@@ -85,8 +191,7 @@ def test_missing_and_broken_files(tmp_path):
         load_params(bad)
 
 
-def test_deep_merge_and_flatten():
-    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}}) == {"a.b": 1, "a.c.d": [1, 2]}
 
 
@@ -95,6 +200,17 @@ def test_cli_validate(capsys):
 
     assert main(["params", "validate", str(ROOT / "params.yaml"), str(ROOT / "conf/study/full.yaml")]) == 0
     assert "study=full" in capsys.readouterr().out
+
+
+def test_cli_compose_writes_what_dvc_writes(tmp_path, capsys, monkeypatch):
+    from retina_sr.cli import main
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "params.yaml"
+    assert main(["params", "compose", "--study", "full", "--out", str(out), "train.l1.steps=9"]) == 0
+    assert out.read_text() == compose_yaml(["study=full", "train.l1.steps=9"], CONF)
+    assert main(["params", "compose", "--study", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 # ----------------------------------------------------- issue #8: late or silent failures end at load

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from retina_sr.config import ModelConfig
-from retina_sr.models import build_model, checkerboard_score, icnr_
+from retina_sr.models import build_model, icnr_, nyquist_score
 
 torch.set_num_threads(1)
 
@@ -25,7 +25,7 @@ def _residual_score(upsample: str, x: torch.Tensor, seed: int) -> float:
     with torch.no_grad():
         y0, y1 = model(x)
     residual = y1 - F.interpolate(y0, scale_factor=2, mode="bilinear", align_corners=False)
-    return checkerboard_score(residual[..., 4:-4, 4:-4])  # ignore zero-padding effects at the border
+    return nyquist_score(residual[..., 4:-4, 4:-4])  # ignore zero-padding effects at the border
 
 
 @pytest.mark.parametrize("kind", ["constant", "smooth"])
@@ -46,27 +46,27 @@ def test_score_on_known_patterns():
     checker = ((yy + xx) % 2).astype(np.float32)
     stripes = (xx % 2).astype(np.float32)
     ramp = (xx / w + yy / h).astype(np.float32)
-    assert checkerboard_score(torch.from_numpy(checker)) == pytest.approx(1.0)
-    assert checkerboard_score(torch.from_numpy(stripes)) == pytest.approx(1.0)
-    assert checkerboard_score(torch.zeros(3, h, w)) == 0.0  # constant: no non-DC energy
-    assert checkerboard_score(torch.from_numpy(ramp)) < 0.05
+    assert nyquist_score(torch.from_numpy(checker)) == pytest.approx(1.0)
+    assert nyquist_score(torch.from_numpy(stripes)) == pytest.approx(1.0)
+    assert nyquist_score(torch.zeros(3, h, w)) == 0.0  # constant: no non-DC energy
+    assert nyquist_score(torch.from_numpy(ramp)) < 0.05
     # mixing a checkerboard into a ramp raises the score
-    assert checkerboard_score(torch.from_numpy(ramp + 0.2 * checker)) > 5 * checkerboard_score(torch.from_numpy(ramp))
+    assert nyquist_score(torch.from_numpy(ramp + 0.2 * checker)) > 5 * nyquist_score(torch.from_numpy(ramp))
 
 
 def test_score_layouts_and_reference():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)  # NHWC uint8, the project's array layout
     t = torch.from_numpy(img).permute(0, 3, 1, 2).float()
-    assert checkerboard_score(img) == pytest.approx(checkerboard_score(t))
-    assert checkerboard_score(img[0]) == pytest.approx(checkerboard_score(t[0]))
+    assert nyquist_score(img) == pytest.approx(nyquist_score(t))
+    assert nyquist_score(img[0]) == pytest.approx(nyquist_score(t[0]))
     hr = np.full((12, 10, 3), 100, np.uint8)
     out = hr.astype(np.int16) + 20 * ((np.indices((12, 10)).sum(0) % 2)[..., None])
-    assert checkerboard_score(out, reference=hr) == pytest.approx(1.0)
+    assert nyquist_score(out, reference=hr) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="reference shape"):
-        checkerboard_score(img, reference=img[0])
+        nyquist_score(img, reference=img[0])
     with pytest.raises(ValueError, match="not"):
-        checkerboard_score(torch.zeros(1, 1, 1, 4, 4))
+        nyquist_score(torch.zeros(1, 1, 1, 4, 4))
 
 
 def test_nearest_and_bilinear_upsampling_have_no_nyquist_energy():
@@ -74,7 +74,7 @@ def test_nearest_and_bilinear_upsampling_have_no_nyquist_energy():
     x = F.avg_pool2d(torch.rand(1, 3, 32, 32), 4)  # smooth-ish content
     for mode in ("nearest", "bilinear"):
         up = F.interpolate(x, scale_factor=2, mode=mode)
-        assert checkerboard_score(up[..., 2:-2, 2:-2]) < 0.05
+        assert nyquist_score(up[..., 2:-2, 2:-2]) < 0.05
 
 
 def test_icnr_is_nearest_then_conv():

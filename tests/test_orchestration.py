@@ -1,4 +1,5 @@
-"""dvc.yaml and Snakefile describe the same DAG: stages, inputs, outputs and params."""
+"""dvc.yaml and Snakefile describe the same DAG (stages, inputs, outputs, params), both follow the phase
+table (src/retina_sr/phases.py), and Snakemake composes the parameters from conf/ as DVC does."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retina_sr.config import load_params
+from retina_sr import paths, phases
+from retina_sr.config import compose_yaml, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +60,7 @@ def snakemake_dag() -> dict[str, dict[str, set[str]]]:
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
 
     params = load_params(ROOT / "params.yaml")
-    variants = sorted(params.train.modified.variants)
+    variants = sorted(params.train.variants)
     with SnakemakeApi(OutputSettings(quiet=True)) as api:
         wf = api.workflow(
             resource_settings=ResourceSettings(cores=1),
@@ -76,8 +78,9 @@ def snakemake_dag() -> dict[str, dict[str, set[str]]]:
             v = name.split("@")[1] if "@" in name else None
             fill = (lambda s, v=v: strip(s).replace("{variant}", v)) if v else strip
             pnames = set()
-            for k in r.params.keys():
-                pnames.add(f"train.modified.variants.{v}" if k == "variant_config" else k.replace("__", "."))
+            for k in r.params.keys():  # noqa: SIM118 - a Snakemake Namedlist iterates its values
+                if k != "phase":  # the --phase argument of the training rules, not a study parameter
+                    pnames.add(f"{phases.VARIANTS_KEY}.{v}" if k == "variant_config" else k.replace("__", "."))
             stages[name] = {
                 "deps": {fill(i) for i in r.input},
                 "outs": {fill(o) for o in r.output},
@@ -106,8 +109,31 @@ def test_same_inputs_outputs_params(dags, what):
 
 def test_variants_follow_params(dags):
     dvc, _ = dags
-    variants = set(load_params(ROOT / "params.yaml").train.modified.variants)
-    assert {n.split("@")[1] for n in dvc if n.startswith("train_modified@")} == variants
+    variants = set(load_params(ROOT / "params.yaml").train.variants)
+    for ph in phases.PHASES:
+        if ph.variants:
+            assert {n.split("@")[1] for n in dvc if n.startswith(f"{phases.stage_name(ph.name)}@")} == variants
+
+
+@pytest.mark.parametrize("which", ["dvc", "snakemake"])
+def test_training_stages_follow_the_phase_table(dags, which):
+    """One training stage per phase (per variant for a variant phase), named by the table, starting from the
+    previous phase's model, depending on exactly phases.stage_params, writing the phase's products."""
+    dag = dags[0] if which == "dvc" else dags[1]
+    variants = sorted(load_params(ROOT / "params.yaml").train.variants)
+    expected = {phases.stage_name(ph.name, v): (ph, v) for ph in phases.PHASES
+                for v in (variants if ph.variants else [None])}
+    assert {n for n in dag if n.startswith("train_")} == set(expected)
+    for name, (ph, v) in expected.items():
+        st = dag[name]
+        assert st["params"] == set(phases.stage_params(ph.name, v)), name
+        assert st["outs"] == {str(paths.phase_dir(ph.name, v) / f) for f in ("model.pt", "metrics.json", "plots.csv")}
+        models_in = {d for d in st["deps"] if d.startswith(f"{paths.MODELS}/")}
+        assert models_in == ({str(paths.model_file(ph.previous))} if ph.previous else set()), name
+    # evaluate reads every model of the table and the variants' architecture
+    ev = dag["evaluate"]
+    assert {str(paths.model_file(n)) for n in phases.MAIN_LINE} <= ev["deps"]
+    assert phases.VARIANTS_KEY in ev["params"]
 
 
 def test_every_stage_script_exists():
@@ -142,8 +168,8 @@ def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def _readme_full_study_command() -> list[str]:
     """The README's Snakemake line for the full study, exactly as documented."""
-    m = re.search(r"^(snakemake [^#\n]*--configfile conf/study/full\.yaml)", (ROOT / "README.md").read_text(), re.M)
-    assert m, "README no longer documents `snakemake ... --configfile conf/study/full.yaml`"
+    m = re.search(r"^(snakemake [^#\n]*--config study=full)", (ROOT / "README.md").read_text(), re.M)
+    assert m, "README no longer documents `snakemake ... --config study=full`"
     return shlex.split(m.group(1))
 
 
@@ -157,48 +183,67 @@ def _params_args(argv: list[str]) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv) if a == "--params"]
 
 
+def _composed_file(repo: Path, out: str, scripts=("download.py", "preprocess.py", "train.py", "evaluate.py")) -> Path:
+    """The one parameter file every planned stage gets (Snakemake's composition of conf/)."""
+    files = set()
+    for script in scripts:
+        argvs = _commands(out, script)
+        assert argvs, f"no {script} job planned:\n{out[-3000:]}"
+        files |= {tuple(_params_args(argv)) for argv in argvs}
+    assert len(files) == 1 and len(next(iter(files))) == 1, files
+    return repo / next(iter(files))[0]
+
+
 def test_readme_full_study_command_dry_runs(tmp_path):
-    """`snakemake --cores 8 evaluate --configfile conf/study/full.yaml` (README) plans the full study:
-    params.yaml is the base, the study file is merged on top and passed on to every script."""
+    """`snakemake --cores 8 evaluate --config study=full` (README) plans the full study: Hydra composes
+    conf/ exactly as `dvc exp run -S study=full` does and every script gets that composition."""
     repo = _copy_repo(tmp_path / "repo")
     cmd = _readme_full_study_command()
     res = _snakemake([*cmd[1:], "-n", "-p"], repo)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    for script in ("download.py", "preprocess.py", "train.py", "evaluate.py"):
-        argvs = _commands(out, script)
-        assert argvs, f"no {script} job planned:\n{out[-3000:]}"
-        for argv in argvs:
-            assert _params_args(argv) == ["params.yaml", "conf/study/full.yaml"], argv
-    # the full study's data.workers (8) sets the preprocess threads: the merged parameters are in effect
+    composed = _composed_file(repo, out)
+    assert composed.read_text() == compose_yaml(["study=full"], ROOT / "conf")
+    # the full study's data.workers (8) sets the preprocess threads: the composed parameters are in effect
     preprocess = _commands(out, "preprocess.py")[0]
     assert preprocess[preprocess.index("--threads") + 1] == "8", preprocess
 
 
-def test_snakemake_config_overrides_are_refused_in_one_line(tmp_path):
+def test_one_edit_in_conf_reaches_snakemake(tmp_path):
+    """The user edits conf/config.yaml only: Snakemake's stages get the new value (no second copy to edit)."""
     repo = _copy_repo(tmp_path / "repo")
-    res = _snakemake(["--cores", "1", "-n", "evaluate", "--config", "seed=7"], repo)
-    out = res.stdout + res.stderr  # Snakemake reports a Snakefile's error on stdout
-    assert res.returncode != 0
-    assert re.search(r"--config overrides are not supported for the study parameters \(seed\); put them", out), out
+    conf = repo / "conf" / "config.yaml"
+    conf.write_text(conf.read_text().replace("  workers: 2\n", "  workers: 1\n", 1))
+    res = _snakemake(["--cores", "8", "-n", "-p", "evaluate"], repo)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "workers: 1\n" in _composed_file(repo, out).read_text()
+    preprocess = _commands(out, "preprocess.py")[0]
+    assert preprocess[preprocess.index("--threads") + 1] == "1", preprocess
+
+
+def test_snakemake_configfile_and_unknown_config_keys_are_refused_in_one_line(tmp_path):
+    repo = _copy_repo(tmp_path / "repo")
+    for args in (["--config", "seed=7"], ["--configfile", "conf/study/full.yaml"]):
+        res = _snakemake(["--cores", "1", "-n", "evaluate", *args], repo)
+        out = res.stdout + res.stderr  # Snakemake reports a Snakefile's error on stdout
+        assert res.returncode != 0
+        assert re.search(r"the study's parameters come from conf/ \(Hydra\): select a study with --config study=full", out), out
 
 
 def test_paths_with_spaces_are_quoted_in_shell_commands(tmp_path):
-    """A repository under a folder with a space, and a --configfile there: each path reaches the
-    scripts as one argument (`-n -p` prints the commands the shell would run)."""
+    """A repository under a folder with a space and Hydra overrides: the parameter file reaches the
+    scripts as one argument (`-n -p` prints the commands the shell would run) and holds the overrides."""
     repo = _copy_repo(tmp_path / "my studies" / "retina sr")
-    override = repo / "conf" / "study" / "my full.yaml"
-    shutil.copy2(repo / "conf/study/full.yaml", override)
-    outside = tmp_path / "other place" / "tiny study.yaml"
-    outside.parent.mkdir()
-    outside.write_text("evaluate:\n  figure_images: 1\n")
-    res = _snakemake(["--cores", "2", "-n", "-p", "evaluate", "--configfile", str(override), str(outside)], repo)
+    res = _snakemake(["--cores", "2", "-n", "-p", "evaluate", "--config", "study=real",
+                      "overrides=evaluate.figure_images=1 train.l1.steps=9"], repo)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     argvs = [a for s in ("download.py", "preprocess.py", "patches.py", "train.py", "evaluate.py") for a in _commands(out, s)]
     assert len(argvs) >= 5, out[-3000:]
-    for argv in argvs:
-        assert _params_args(argv) == ["params.yaml", "conf/study/my full.yaml", str(outside)], argv
+    composed = _composed_file(repo, out)
+    assert composed.read_text() == compose_yaml(["study=real", "evaluate.figure_images=1", "train.l1.steps=9"],
+                                                ROOT / "conf")
 
 
 def test_snakemake_refuses_an_input_folder_inside_a_stage_output_before_any_job(tmp_path):
@@ -208,9 +253,39 @@ def test_snakemake_refuses_an_input_folder_inside_a_stage_output_before_any_job(
     photos = repo / "data" / "raw" / "photos"
     photos.mkdir(parents=True)
     (photos / "eye.jpg").write_bytes(b"a user's photograph")
-    (repo / "mine.yaml").write_text("data:\n  source: folder\n  folder:\n    path: data/raw/photos\n")
-    res = _snakemake(["--cores", "1", "evaluate", "--configfile", "mine.yaml"], repo)
+    res = _snakemake(["--cores", "1", "evaluate", "--config",
+                      "overrides=data.source=folder data.folder.path=data/raw/photos"], repo)
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "data.folder.path data/raw/photos: lies in data/raw" in out, out[-3000:]
     assert (photos / "eye.jpg").read_bytes() == b"a user's photograph"
+
+
+def test_each_training_rule_runs_its_own_phase(tmp_path):
+    """Snakemake evaluates `shell:` when a job runs (after the rule loop): run every training rule for real,
+    with a stand-in train script that records its arguments into the products, and check each job trained
+    its own phase and variant."""
+    repo = _copy_repo(tmp_path / "repo")
+    (repo / "workflow/scripts/train.py").write_text(
+        "import sys\n"
+        "from retina_sr import paths\n"
+        "a = sys.argv\n"
+        "phase, variant = a[a.index('--phase') + 1], (a[a.index('--variant') + 1] if '--variant' in a else None)\n"
+        "d = paths.phase_dir(phase, variant)\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "for f in ('model.pt', 'metrics.json', 'plots.csv'):\n"
+        "    (d / f).write_text(' '.join(a[1:]))\n"
+    )
+    for d in ("data/raw", "data/processed", "data/patches"):
+        (repo / d).mkdir(parents=True)
+    res = _snakemake(["--cores", "1", "--touch", "patches"], repo)  # the data stages count as done
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    variants = sorted(load_params(ROOT / "params.yaml").train.variants)
+    targets = [str(paths.model_file(p, v)) for p in phases.NAMES for v in (variants if phases.get(p).variants else [None])]
+    res = _snakemake(["--cores", "1", *targets], repo)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    for ph in phases.PHASES:
+        for v in (variants if ph.variants else [None]):
+            argv = shlex.split((repo / paths.model_file(ph.name, v)).read_text())
+            assert argv[argv.index("--phase") + 1] == ph.name, (ph.name, v, argv)
+            assert (argv[argv.index("--variant") + 1] if "--variant" in argv else None) == v, argv

@@ -1,5 +1,6 @@
 """End to end: the study DAG under DVC and Snakemake in a temporary copy of the repo, with tiny params.
 
+The tiny parameters go into the copy's conf/config.yaml (the one source) and params.yaml is composed from it.
 Checks: `dvc repro` produces dvc.lock and every output; a second `dvc repro` does nothing; Snakemake then
 has nothing to do; `dvc push` + `dvc pull` into a fresh clone restores identical files;
 `snakemake --cores 8 patches` in a fresh copy produces the same data files as DVC did.
@@ -34,15 +35,12 @@ TINY = {
     },
     "model": {"features": 4, "depth": 1},
     "train": {
-        "batch_size": 4,
-        "val_every": 2,
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "max_val_patches": 4,
+        "loop": {"batch_size": 4, "val_every": 2, "log_every": 1, "checkpoint_every": 2, "max_val_patches": 4},
         "l1": {"steps": 3},
         "perceptual": {"steps": 2, "vgg_layers": ["relu1_2"]},
         "adversarial": {"steps": 2, "warmup_steps": 1, "discriminator": {"features": 4, "n_layers": 1}},
-        "modified": {"steps": 2, "variants": {"subpixel": {"upsample": "subpixel"}}},
+        "modified": {"steps": 2},
+        "variants": {"subpixel": {"upsample": "subpixel"}},
     },
     "evaluate": {"speed_repeats": 1, "figure_images": 1},
 }
@@ -71,14 +69,18 @@ def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 def make_copy(dest: Path) -> Path:
-    from retina_sr.config import deep_merge
+    """A copy of the repository whose one configuration source (conf/config.yaml) holds the tiny study,
+    with params.yaml composed from it (`retina-sr params compose --out params.yaml`)."""
+    from omegaconf import OmegaConf
 
     shutil.copytree(ROOT, dest, ignore=IGNORE)
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params = deep_merge(params, TINY)
-    params["train"]["modified"]["variants"] = TINY["train"]["modified"]["variants"]  # replace, not merge
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    conf = dest / "conf" / "config.yaml"
+    base = OmegaConf.load(conf)
+    base.train.variants = TINY["train"]["variants"]  # replace, not merge
+    conf.write_text(OmegaConf.to_yaml(OmegaConf.merge(base, TINY)))
+    run([str(BIN / "retina-sr"), "params", "compose", "--out", "params.yaml"], dest)
+    assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["variants"] == TINY["train"]["variants"]
     (dest / "dvc.lock").unlink(missing_ok=True)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from retina_sr.config import Params, load_params
-from retina_sr.training.data import BatchSampler, PatchDataError, load_patches, to_tensor
+from retina_sr.models.tensors import to_tensor
+from retina_sr.training.data import BatchSampler, PatchDataError, load_patches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +20,8 @@ TINY = {
     "data": {"scales": [1, 2, 4], "size": 64, "patches": {"crop": 32}},
     "model": {"features": 4, "depth": 1},
     "train": {
-        "batch_size": 4, "val_every": 4, "log_every": 2, "checkpoint_every": 4, "max_val_patches": 4,
-        "ema_decay": 0.9,
+        "loop": {"batch_size": 4, "val_every": 4, "log_every": 2, "checkpoint_every": 4, "max_val_patches": 4,
+                 "ema_decay": 0.9},
         "l1": {"steps": 8},
         "perceptual": {"steps": 4, "vgg_layers": ["relu2_2"]},
         "adversarial": {"steps": 4, "warmup_steps": 2, "discriminator": {"features": 8, "n_layers": 2}},
@@ -123,5 +124,10 @@ def test_to_tensor_is_nchw_float_in_unit_range():
     x = np.full((2, 4, 4, 3), 255, np.uint8)
     x[0, 0, 0] = (0, 51, 255)
     t = to_tensor(x, torch.device("cpu"))
-    assert t.shape == (2, 3, 4, 4) and t.dtype == torch.float32
+    assert t.shape == (2, 3, 4, 4) and t.dtype == torch.float32 and t.is_contiguous()
     assert t[0, :, 0, 0].tolist() == pytest.approx([0.0, 0.2, 1.0])
+    one = to_tensor(x[0], "cpu", channels_last=True)  # one HWC image: a batch of one, channels-last layout
+    assert one.shape == (1, 3, 4, 4) and one.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(one, t[:1])
+    with pytest.raises(ValueError, match="uint8"):
+        to_tensor(x.astype(np.float32))

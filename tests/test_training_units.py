@@ -11,9 +11,19 @@ import torch
 from torch import nn
 
 from retina_sr.config import ModelConfig
+from retina_sr.evaluation.metrics import psnr_pt
 from retina_sr.models import build_model
 from retina_sr.models.checkpoint import CheckpointError, load_model, load_state_strict, save_model
-from retina_sr.training import ModelEMA, PhaseLosses, build_scheduler, init_weights, loss_spec, plan_phase, psnr, train_phase
+from retina_sr.training import (
+    ModelEMA,
+    PhaseLosses,
+    build_scheduler,
+    init_weights,
+    loss_spec,
+    plan_phase,
+    stage_fingerprint,
+    train_phase,
+)
 from retina_sr.training.state import capture_rng, restore_rng
 from test_training_data import make_patches, tiny_params
 
@@ -85,7 +95,7 @@ def test_schedules():
 def test_psnr_known_value():
     a = torch.zeros(2, 3, 4, 4)
     b = torch.full((2, 3, 4, 4), 0.1)  # MSE 0.01 -> 20 dB
-    assert psnr(a, b).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+    assert psnr_pt(a, b).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
 
 
 def test_rng_capture_restore():
@@ -155,7 +165,7 @@ def test_phase_plans_and_loss_sets(tmp_path):
     assert str(mod.out_dir) == "models/modified/shared" and mod.stage == "train_modified@shared"
     with pytest.raises(ValueError, match="needs --variant"):
         plan_phase(params, "modified")
-    with pytest.raises(ValueError, match="not in train.modified.variants"):
+    with pytest.raises(ValueError, match="not in train.variants"):
         plan_phase(params, "modified", "nope")
     with pytest.raises(ValueError, match="unknown phase"):
         plan_phase(params, "l2")
@@ -189,7 +199,7 @@ def test_adversarial_loss_set_respects_warmup(tmp_path):
     assert set(t) == {"pixel", "loss"} and l1.vgg_description == "none"
 
 
-def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, monkeypatch, capsys):
+def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     make_patches(tmp_path)
     params, _ = tiny_params(tmp_path)
@@ -213,9 +223,62 @@ def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, m
     assert all(torch.equal(weights[k], v) for k, v in load_model(out / "model.pt")[0].state_dict().items())
     # another configuration: the stale last.pt is ignored and training starts over
     params2, _ = tiny_params(tmp_path, train={"l1": {"steps": 8, "lr": 2e-3}})
-    r3 = train_phase(params2, "l1", track=False, progress=False)
-    assert r3.resumed_from is None and "starting over" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="retina_sr"):
+        r3 = train_phase(params2, "l1", track=False, progress=False)
+    assert r3.resumed_from is None and "starting over" in caplog.text
     # the next phase refuses a checkpoint of another architecture, with a clear message
     params3, _ = tiny_params(tmp_path, model={"features": 5, "depth": 1})
     with pytest.raises(CheckpointError, match="architecture mismatch"):
         train_phase(params3, "perceptual", track=False, progress=False)
+
+
+# ------------------------------------------------------------------- what a resume state belongs to
+def _fp(params, phase="l1", variant=None, data_hash="d", init=None):
+    return stage_fingerprint(params, plan_phase(params, phase, variant), data_hash, init)
+
+
+def _changed(params, key: str):
+    """``params`` with the value at dotted ``key`` changed (numbers +1 / x2, booleans flipped, strings swapped)."""
+    from retina_sr.config import params_from_dict
+
+    raw = params.model_dump(mode="json")
+    *parents, last = key.split(".")
+    d = raw
+    for k in parents:
+        d = d[k]
+    v = d[last]
+    swap = {"auto": "cpu", "cosine": "step", "online": "stored", "demo": "real", "random": "imagenet",
+            "relativistic": "vanilla", "plain": "residual", "deconv": "subpixel", "subpixel": "resize_conv", "bicubic": "learned"}
+    d[last] = (not v if isinstance(v, bool) else (v * 2 or 0.5) if isinstance(v, float) else
+               v + 1 if isinstance(v, int) else swap[v] if isinstance(v, str) else v)
+    return params_from_dict(raw, "changed")
+
+
+def test_fingerprint_follows_every_stage_parameter_and_only_those(tmp_path):
+    """The resume fingerprint is the values of exactly the keys the stage depends on (phases.stage_params,
+    what dvc.yaml lists): any of them changes it, any other key does not."""
+    from retina_sr import phases
+    from retina_sr.config import flatten
+
+    params, _ = tiny_params(tmp_path)
+    flat = flatten(params.model_dump(mode="json"))
+    for phase in ("l1", "adversarial"):
+        fp = _fp(params, phase)
+        deps = phases.stage_params(phase)
+        for key, value in flat.items():
+            if value is None or isinstance(value, list) or key == "study":
+                continue
+            inside = any(key == d or key.startswith(d + ".") for d in deps)
+            try:
+                other = _changed(params, key)
+            except Exception:  # noqa: BLE001 - a change the schema refuses: nothing to fingerprint
+                continue
+            assert (_fp(other, phase) != fp) == inside, (phase, key)
+    fp = _fp(params)
+    assert _fp(params, data_hash="other") != fp and _fp(params, init={"sha256": "x"}) != fp
+    # a variant stage: its own variant's overrides count, another variant's do not
+    shared = _fp(params, "modified", "shared")
+    assert _fp(params, "modified", "subpixel") != shared
+    assert _fp(_changed(params, "train.variants.subpixel.upsample"), "modified", "shared") == shared
+    assert _fp(_changed(params, "train.variants.shared.recursions"), "modified", "shared") != shared
+    assert _fp(_changed(params, "train.l1.steps"), "modified", "shared") != shared  # the catch-up budget

@@ -5,21 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from .config import deep_merge, load_params, read_yaml
-
-
-def compose_params(study: str = "demo", conf_dir: str | Path = "conf") -> dict:
-    """Compose ``conf/config.yaml`` + ``conf/study/<study>.yaml`` the way DVC's Hydra integration does."""
-    conf_dir = Path(conf_dir)
-    base = read_yaml(conf_dir / "config.yaml")
-    base.pop("defaults", None)
-    study_file = conf_dir / "study" / f"{study}.yaml"
-    if not study_file.is_file():
-        choices = sorted(p.stem for p in (conf_dir / "study").glob("*.yaml"))
-        raise FileNotFoundError(f"{study_file} not found: choose a study among {choices}")
-    return deep_merge(base, read_yaml(study_file) or {})
+from .config import load_params
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -30,11 +16,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compose(args: argparse.Namespace) -> int:
-    from .config import params_from_dict
+    from .config import compose_yaml, load_composed
 
-    raw = compose_params(args.study, args.conf)
-    params_from_dict(raw, f"{args.conf}/config.yaml + study={args.study}")  # validate before writing
-    text = yaml.safe_dump(raw, sort_keys=False)
+    overrides = [f"study={args.study}", *args.overrides]
+    load_composed(overrides, args.conf)  # validate before writing
+    text = compose_yaml(overrides, args.conf)  # what `dvc exp run -S study=...` writes into params.yaml
     if args.out == "-":
         print(text, end="")
     else:
@@ -80,5 +66,6 @@ def register(sub) -> None:
     c = psub.add_parser("compose", help="compose conf/ into a params file (what `dvc exp run -S study=...` does)")
     c.add_argument("--study", default="demo")
     c.add_argument("--conf", default="conf")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more Hydra overrides, e.g. train.l1.steps=100")
     c.add_argument("--out", default="-", help="output file ('-' = stdout)")
     c.set_defaults(func=_compose)

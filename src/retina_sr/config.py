@@ -1,16 +1,18 @@
-"""The one configuration of the study: ``params.yaml``, validated on load.
+"""The one configuration of the study: ``conf/`` composed by Hydra, validated on load.
+
+The source is ``conf/config.yaml`` (every key, the demo study's values) plus one overlay of
+``conf/study/`` (``demo``, ``real``, ``full``). Hydra composes them (:func:`compose`): DVC does it on
+every ``dvc exp run`` (``.dvc/config``: ``hydra.enabled``) and writes the result to ``params.yaml``, the
+file the stages read; the Snakefile composes the same way (``--config study=full``). ``params.yaml`` is
+therefore generated: ``retina-sr params compose --out params.yaml`` rewrites it byte for byte as DVC does.
 
 Every section is a pydantic model with ``extra="forbid"``, so a typo'd or unknown key, a wrong type
 or an impossible value (e.g. a crop larger than the image) is a :class:`ConfigError` that names the
 key (``data.patches.crop``) and what to do. Values that would pass a range check and fail late are
 refused too: ``.nan``/``.inf`` in any float, ``true``/``false`` for a number, a key given twice in one
-YAML mapping, an empty file. Both orchestrators (DVC and Snakemake) and every
-``workflow/scripts/*.py`` load the parameters through :func:`load_params`.
-
-Two parameter sets exist: the default ``params.yaml`` (``study: demo``, the offline demo study that
-runs in minutes on 2 CPU cores) and the full study (``conf/study/full.yaml`` merged on top: Kaggle
-EyePACS, 1000 images, paper-size LapSRN, ImageNet VGG16). See the README for the one command each
-orchestrator uses to select it.
+YAML mapping, an empty file. The field defaults are the demo study's values (``Params()`` equals the
+demo composition, ``tests/test_config.py`` checks it), except ``evaluate.peers_dir`` (a folder of one
+machine, off by default).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import json
 import math
 import re
 import string
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -35,26 +38,59 @@ from pydantic import (
     model_validator,
 )
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 __all__ = [
     "ConfigError",
     "Params",
     "load_params",
     "params_from_dict",
-    "deep_merge",
+    "compose",
+    "compose_yaml",
+    "load_composed",
     "flatten",
     "read_yaml",
+    "levels_for_zoom",
+    "parse_arch",
     "ZOOMS",
     "MAX_SEED",
+    "CONF_DIR",
 ]
 
 #: zoom levels the study supports (the check and its message both read this)
 ZOOMS = (1, 2, 4, 8, 16)
 #: seeds numpy (``np.random.seed``) and torch (``torch.manual_seed``) both accept: 0 .. 2**32-1
 MAX_SEED = 2**32 - 1
+#: the Hydra configuration folder (``.dvc/config``'s ``hydra.config_dir``: DVC's default)
+CONF_DIR = Path("conf")
 
 
 class ConfigError(ValueError):
     """A parameter file is missing, unreadable or invalid. The message names the file and key."""
+
+
+def levels_for_zoom(zoom: float) -> int:
+    """2x pyramid levels (the model's ``n_up``) needed for ``zoom``: the next power of two at or above it.
+
+    >>> [levels_for_zoom(z) for z in (1, 1.5, 2, 3, 4, 8)]
+    [0, 1, 1, 2, 2, 3]
+    """
+    if not zoom >= 1:
+        raise ValueError(f"zoom {zoom} is below 1: the pyramid only enlarges")
+    return max(0, math.ceil(math.log2(zoom) - 1e-9))
+
+
+def parse_arch(text: str) -> tuple[int, int]:
+    """``"F64D10"`` -> ``(64, 10)``: a LapSRN size as ``model.features`` / ``model.depth`` (F<features>D<depth>).
+
+    >>> parse_arch("F16D3")
+    (16, 3)
+    """
+    m = re.fullmatch(r"[Ff](\d+)[Dd](\d+)", text.strip())
+    if not m or int(m[1]) < 1 or int(m[2]) < 1:
+        raise ValueError(f"architecture {text!r} is not F<features>D<depth> (e.g. F16D3, F64D10)")
+    return int(m[1]), int(m[2])
 
 
 def _annotation_types(annotation: Any) -> set[Any]:
@@ -99,7 +135,7 @@ class _Section(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic takes ``true`` as 1 for a number: ``steps: true`` would silently train one step."""
-        types = _annotation_types(cls.model_fields[info.field_name].annotation)
+        types = _annotation_types(cls.model_fields[str(info.field_name)].annotation)
         if _holds_bool(value) and types & {int, float} and not types & {bool, Any}:
             raise ValueError("true/false is not a number; write a number (YAML reads true/false/yes/no/on/off as booleans)")
         return value
@@ -169,8 +205,8 @@ class KaggleSource(_Section):
 class SplitConfig(_Section):
     """Deterministic train/val/test split by patient (both eyes of one person in the same split)."""
 
-    val: float = Field(0.15, ge=0, lt=1)
-    test: float = Field(0.15, ge=0, lt=1)
+    val: float = Field(0.125, ge=0, lt=1)
+    test: float = Field(0.34, ge=0, lt=1)
     group_pattern: str | None = Field(
         r"(?:Image_)?(\d+)(?:_left|_right|L|R)",
         description="regex (full match on the image id) whose first capture group names the patient; ids "
@@ -198,7 +234,7 @@ class SplitConfig(_Section):
 
 class PatchConfig(_Section):
     crop: int = Field(128, ge=16, description="side of the random HR training crops")
-    per_image: int = Field(32, ge=1, description="random crops per training/validation image")
+    per_image: int = Field(16, ge=1, description="random crops per training/validation image")
     fov_min_fraction: float = Field(0.8, ge=0, le=1, description="min share of a crop inside the FOV")
     blur_sigma: tuple[float, float] = Field(
         (0.4, 1.2), description="Gaussian blur sigma range in HR pixels, multiplied by the zoom (zoom 1: as given)"
@@ -228,7 +264,7 @@ class PatchConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["demo", "folder", "kaggle"] = "demo"
-    n_images: int = Field(16, ge=3, description="images used by the study (train+val+test)")
+    n_images: int = Field(24, ge=3, description="images used by the study (train+val+test)")
     size: int = Field(512, ge=64, description="side of the square preprocessed images")
     scales: list[int] = Field([1, 2, 4, 8], description="zoom levels: 1 and powers of two up to 16")
     workers: int = Field(2, ge=1, description="processes for preprocessing")
@@ -275,7 +311,7 @@ class DataConfig(_Section):
     @property
     def levels(self) -> int:
         """Number of 2x pyramid levels needed for the largest zoom."""
-        return int(math.log2(max(self.scales)))
+        return levels_for_zoom(max(self.scales))
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -307,31 +343,48 @@ class DiscriminatorConfig(_Section):
 
 # -------------------------------------------------------------------------------------------- train
 class PhaseConfig(_Section):
-    steps: int = Field(200, ge=1)
-    lr: float = Field(2e-4, gt=0)
+    """What every phase sets: its budget, learning rate and pixel-side loss weights (each phase's
+    section gives its own defaults: the demo study's)."""
+
+    steps: int = Field(ge=1, description="optimisation steps of the phase")
+    lr: float = Field(gt=0, description="Adam learning rate (peak of the schedule)")
     pixel_weight: float = Field(1.0, ge=0, description="Charbonnier loss summed over pyramid levels")
     ridge_weight: float = Field(
         0.0, ge=0, description="vessel-ridge loss (green-channel Hessian dark-ridge response vs HR's, "
         "losses/ridge.py) on the final output: keeps thin-vessel contrast that a pixel loss trades for PSNR")
 
 
+class L1Phase(PhaseConfig):
+    steps: int = Field(600, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class ModifiedPhase(PhaseConfig):
+    steps: int = Field(50, ge=1)
+    lr: float = Field(3e-4, gt=0)
+
+
 class PerceptualPhase(PhaseConfig):
+    steps: int = Field(50, ge=1)
+    lr: float = Field(1e-4, gt=0)
     vgg_weights: str = Field(
         "random",
         description="'imagenet' (torchvision's published VGG16 file, hash-checked, cached), a local "
         "path to a torchvision-format state dict, or 'random' (He et al. 2016 random features)",
     )
-    vgg_layers: list[Literal["relu1_2", "relu2_2", "relu3_3", "relu4_3"]] = ["relu2_2", "relu3_3"]
+    vgg_layers: list[Literal["relu1_2", "relu2_2", "relu3_3", "relu4_3"]] = ["relu2_2"]
     vgg_seed: Seed = Field(0, description="seed for 'random' VGG weights")
     perceptual_weight: float = Field(0.05, ge=0)
     saliency_weight: float = Field(0.5, ge=0)
 
 
 class AdversarialPhase(PhaseConfig):
+    steps: int = Field(50, ge=1)
+    lr: float = Field(5e-5, gt=0)
     lr_d: float = Field(1e-4, gt=0, description="discriminator learning rate")
     gan_type: Literal["vanilla", "relativistic"] = "relativistic"
     adversarial_weight: float = Field(5e-3, ge=0)
-    warmup_steps: int = Field(20, ge=0, description="generator steps before the adversarial term is on")
+    warmup_steps: int = Field(10, ge=0, description="generator steps before the adversarial term is on")
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
 
@@ -344,32 +397,14 @@ class VariantConfig(_Section):
     upsample: Literal["deconv", "resize_conv", "subpixel"] | None = None
 
 
-class ModifiedPhase(PhaseConfig):
-    variants: dict[str, VariantConfig] = Field(
-        default_factory=lambda: {
-            "shared": VariantConfig(share_weights=True, recursions=2),
-            "resblock": VariantConfig(block="residual"),
-            "subpixel": VariantConfig(upsample="subpixel"),
-        }
-    )
+class LoopConfig(_Section):
+    """The training loop every phase shares (``train.loop``: one DVC/Snakemake dependency, not sixteen)."""
 
-    @field_validator("variants")
-    @classmethod
-    def _names(cls, v: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
-        if not v:
-            raise ValueError("at least one variant is needed")
-        for name in v:
-            if not re.fullmatch(r"[a-z0-9_]+", name):
-                raise ValueError(f"variant name {name!r} must match [a-z0-9_]+ (it becomes a path and stage name)")
-        return v
-
-
-class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1)
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
-    ema_decay: float | None = Field(0.999, ge=0, lt=1, description="EMA of the weights; null = off")
+    ema_decay: float | None = Field(0.99, ge=0, lt=1, description="EMA of the weights; null = off")
     val_every: int = Field(50, ge=1)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)
@@ -387,11 +422,36 @@ class TrainConfig(_Section):
         "realisation of data.patches' ranges for the stored HR crops; 'stored': the fixed lr_x{s} arrays "
         "of the patches file (one realisation per crop)",
     )
-    max_val_patches: int = Field(64, ge=1, description="validation patches used per zoom")
-    l1: PhaseConfig = PhaseConfig(steps=300, lr=2e-4)
-    perceptual: PerceptualPhase = PerceptualPhase(steps=150, lr=1e-4)
-    adversarial: AdversarialPhase = AdversarialPhase(steps=150, lr=5e-5)
-    modified: ModifiedPhase = ModifiedPhase(steps=150, lr=1e-4)
+    max_val_patches: int = Field(32, ge=1, description="validation patches used per zoom")
+
+
+class TrainConfig(_Section):
+    """``loop`` (shared) and one section per phase of :data:`retina_sr.phases.PHASES`, plus the
+    architecture ``variants`` the variant phase trains (one stage each)."""
+
+    loop: LoopConfig = LoopConfig()
+    l1: L1Phase = L1Phase()
+    perceptual: PerceptualPhase = PerceptualPhase()
+    adversarial: AdversarialPhase = AdversarialPhase()
+    modified: ModifiedPhase = ModifiedPhase()
+    variants: dict[str, VariantConfig] = Field(
+        default_factory=lambda: {
+            "shared": VariantConfig(share_weights=True, recursions=2),
+            "resblock": VariantConfig(block="residual"),
+            "subpixel": VariantConfig(upsample="subpixel"),
+        },
+        description="architecture overrides of model, one train_modified@<name> stage each",
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
+        if not v:
+            raise ValueError("at least one variant is needed")
+        for name in v:
+            if not re.fullmatch(r"[a-z0-9_]+", name):
+                raise ValueError(f"variant name {name!r} must match [a-z0-9_]+ (it becomes a path and stage name)")
+        return v
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -443,6 +503,15 @@ class Params(_Section):
             )
         return self
 
+    def value(self, key: str) -> Any:
+        """The JSON value at a dotted key (``seed``, ``train.loop``, ``train.variants.shared``)."""
+        value: Any = self.model_dump(mode="json")
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(f"no parameter {key!r} (at {part!r})")
+            value = value[part]
+        return value
+
     def digest(self) -> str:
         """A short stable hash of the whole configuration."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -476,17 +545,6 @@ def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, anything else replaces)."""
-    out = dict(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -542,14 +600,70 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_params(path: str | Path = "params.yaml", *overrides: str | Path) -> Params:
-    """Load and validate ``path``; each override file is deep-merged on top (like ``--configfile``)."""
+    """Load and validate ``path``; each override file is merged on top (OmegaConf's merge: mappings
+    merge key by key, anything else replaces)."""
     path = Path(path)
     raw = _read_yaml(path)
     sources = [str(path)]
-    for o in overrides:
-        raw = deep_merge(raw, _read_yaml(Path(o)))
-        sources.append(str(o))
+    if overrides:
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        layers = [raw, *(_read_yaml(Path(o)) for o in overrides)]
+        sources += [str(o) for o in overrides]
+        try:
+            merged = OmegaConf.merge(*(OmegaConf.create(x) for x in layers))
+            raw = OmegaConf.to_container(merged)  # type: ignore[assignment]
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{' + '.join(sources)}: cannot merge ({_one_line(err)})") from None
     return params_from_dict(raw, " + ".join(sources))
+
+
+# ------------------------------------------------------------------------------------ composition
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _compose(overrides: Sequence[str], conf_dir: str | Path) -> DictConfig:
+    """Hydra's composition of ``conf_dir/config.yaml`` with ``overrides`` (Hydra's override grammar:
+    ``study=full``, ``train.l1.steps=5``), exactly as DVC's ``dvc exp run -S`` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    conf = Path(conf_dir).resolve()
+    if not (conf / "config.yaml").is_file():
+        raise ConfigError(f"{conf_dir}/config.yaml not found: run from the repository root (it holds conf/)")
+    try:
+        with initialize_config_dir(str(conf), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        shown = " ".join(overrides) or "no overrides"
+        raise ConfigError(f"{conf_dir} ({shown}): {_one_line(err)}") from None
+    return cfg
+
+
+def compose(overrides: Sequence[str] = (), conf_dir: str | Path = CONF_DIR) -> dict[str, Any]:
+    """The composed parameters as a plain dict (not validated: see :func:`load_composed`)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(_compose(overrides, conf_dir))  # type: ignore[return-value]
+
+
+def compose_yaml(overrides: Sequence[str] = (), conf_dir: str | Path = CONF_DIR) -> str:
+    """The composed parameters as the YAML text DVC writes into ``params.yaml`` (byte for byte)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(_compose(overrides, conf_dir))
+
+
+def load_composed(overrides: Sequence[str] = (), conf_dir: str | Path = CONF_DIR) -> Params:
+    """Compose ``conf_dir`` with ``overrides`` and validate the result."""
+    shown = " ".join(overrides)
+    return params_from_dict(compose(overrides, conf_dir), f"{conf_dir}/config.yaml" + (f" + {shown}" if shown else ""))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

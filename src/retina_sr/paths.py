@@ -1,11 +1,14 @@
 """Where every pipeline stage reads and writes (relative to the repository root).
 
-``dvc.yaml`` and ``Snakefile`` spell the same paths out (a test checks they agree); code uses these.
+``Snakefile`` derives its paths from these; ``dvc.yaml`` spells them out (``tests/test_orchestration.py``
+checks that both agree).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from . import phases
 
 DATA = Path("data")
 RAW = DATA / "raw"  # download: images (+ masks/) and manifest.csv
@@ -18,16 +21,23 @@ PATCHES = DATA / "patches"  # patches: train.npz, val.npz, test_x{s}.npz
 MODELS = Path("models")  # models/<phase>/ and models/modified/<variant>/
 REPORTS = Path("reports")  # reports/eval/...
 
-PHASES = ("l1", "perceptual", "adversarial")
-
 
 def phase_dir(phase: str, variant: str | None = None) -> Path:
-    """``models/l1``, ``models/perceptual``, ``models/adversarial``, ``models/modified/<variant>``."""
-    if phase == "modified":
+    """``models/<phase>`` (``models/l1`` ...), ``models/<phase>/<variant>`` for a variant phase
+    (``models/modified/shared``); the phases are :data:`retina_sr.phases.PHASES`."""
+    p = phases.get(phase)
+    if p.variants:
         if not variant:
-            raise ValueError("the 'modified' phase needs a variant name")
-        return MODELS / "modified" / variant
-    return MODELS / phase
+            raise ValueError(f"the '{p.name}' phase needs a variant name")
+        return MODELS / p.name / variant
+    if variant:
+        raise ValueError(f"the '{p.name}' phase has no variants (got {variant!r})")
+    return MODELS / p.name
+
+
+def model_file(phase: str, variant: str | None = None) -> Path:
+    """The stage's product: ``models/<phase>[/<variant>]/model.pt`` (also ``metrics.json``, ``plots.csv`` beside it)."""
+    return phase_dir(phase, variant) / "model.pt"
 
 
 def resume_file(phase: str, variant: str | None = None) -> Path:

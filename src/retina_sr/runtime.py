@@ -1,13 +1,22 @@
-"""Process-level helpers shared by every stage: threads, seeds, device, provenance."""
+"""Process-level helpers shared by every stage: threads, seeds, device, provenance, timing, exit codes."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import random
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import Params
 
 
 def set_threads(n: int | None) -> int:
@@ -82,3 +91,85 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1,
+              sync: Callable[[], None] | None = None) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls; ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs after the warm-up and after every timed call, so asynchronous
+    device work is inside the time it belongs to."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# ------------------------------------------------------------------------------- stage processes
+#: exit status of a process whose input (arguments, parameters, files) must be fixed, and of a failure
+USAGE_ERROR, RUNTIME_FAILURE = 2, 1
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The one error -> exit-status mapping of the stages and the CLI.
+
+    An error class may set ``exit_code`` itself (e.g. Kaggle credentials: 2). Otherwise ``ValueError``
+    (every configuration/input error of the package derives from it), ``FileNotFoundError`` and
+    ``FileExistsError`` (a file in the way) are usage errors (2); other ``RuntimeError``/``OSError``/
+    ``MemoryError`` are runtime failures (1); anything else is a bug (``None``: show the traceback).
+    """
+    code = getattr(err, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    if isinstance(err, (ValueError, FileNotFoundError, FileExistsError)):
+        return USAGE_ERROR
+    if isinstance(err, (RuntimeError, OSError, MemoryError)):
+        return RUNTIME_FAILURE
+    return None
+
+
+class _StderrHandler(logging.StreamHandler):
+    """One line per message on the current ``sys.stderr`` (looked up at each message, not at set-up)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One logging set-up for stage processes: the package's messages (logger ``retina_sr``), one line
+    each, on stderr; idempotent. Library code only logs; a process sets this up once."""
+    logger = logging.getLogger("retina_sr")
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+
+
+def add_stage_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every stage (and the CLI commands that run one) takes."""
+    p.add_argument("--params", action="append", default=None, metavar="FILE",
+                   help="parameter file(s); later ones are merged on top (default: params.yaml)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV (default: all)")
+    p.add_argument("--root", default=".", help="repository root holding data/ and models/ (default: .)")
+
+
+def load_stage(args: argparse.Namespace) -> Params:
+    """The parameters of ``--params`` (merged in order; default ``params.yaml``); sets ``--threads``
+    (``args.threads`` becomes the number in effect)."""
+    from .config import load_params
+
+    files = args.params or ["params.yaml"]
+    params = load_params(files[0], *files[1:])
+    args.threads = set_threads(args.threads)
+    return params

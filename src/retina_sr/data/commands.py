@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_BENCH_IMAGES = Path("..") / "shared" / "data" / "eyepacs_sample"
-
 
 def _bench(args: argparse.Namespace) -> int:
     from .preprocess import benchmark
@@ -37,9 +35,9 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench-preprocess", help="measure preprocessing speed (images/s) on a folder of photos")
-    b.add_argument("--images", default=str(DEFAULT_BENCH_IMAGES), help="folder of fundus images")
+    b.add_argument("--images", required=True, help="folder of fundus images, e.g. data/raw")
     b.add_argument("--size", type=int, default=512, help="output side in pixels")
     b.add_argument("--workers", type=int, default=2, help="worker processes")
     b.add_argument("--limit", type=int, default=None, help="use only the first N images")

@@ -20,29 +20,26 @@ before anything is touched (:func:`check_inputs`).
 
 from __future__ import annotations
 
-import filecmp
 import json
+import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import paths
-from ..config import ConfigError, DataConfig, Params
-from .io import IMAGE_EXTENSIONS, write_image
+from ..config import ConfigError, DataConfig, FolderSource, Params
+from .io import IMAGE_EXTENSIONS, OutputConflictError, claim_output, link_file, safe_id, write_image
 
 __all__ = ["RAW_COLUMNS", "STAGE_OUTPUTS", "OutputConflictError", "check_inputs", "download_demo",
            "download_folder", "write_manifest", "run_download"]
 
+log = logging.getLogger(__name__)
+
 RAW_COLUMNS = ["id", "source", "path", "width", "height", "label", "vessel_mask", "fov_mask"]
 #: folders that pipeline stages (or DVC/Snakemake before them) delete and rewrite: never an input
 STAGE_OUTPUTS = (paths.RAW, paths.PROCESSED, paths.PATCHES, paths.MODELS, paths.REPORTS)
-
-
-class OutputConflictError(FileExistsError):
-    """A file the download stage did not write is where it must write one; nothing was deleted."""
 
 
 def _input_dirs(cfg: DataConfig) -> list[tuple[str, str, bool]]:
@@ -102,29 +99,16 @@ def _clean(out: Path) -> None:
             f.unlink()  # the manifest last: a failed rerun leaves none that lists deleted files
 
 
-def _claim(dst: Path, src: Path | None = None) -> None:
-    """Make way for an output at ``dst``. A file there is replaced only if it holds the bytes of ``src``
-    (e.g. left by an interrupted run); any other is someone's: raise, delete nothing."""
-    if not (dst.exists() or dst.is_symlink()):
-        return
-    if src is not None and dst.is_file() and (os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False)):
-        dst.unlink()
-        return
-    raise OutputConflictError(f"{dst}: not written by the last download run (not in its manifest), and the stage "
-                              f"must write a file there; move it out of {dst.parent}, the download stage's output, "
-                              "and rerun")
-
-
 def _write(dst: Path, arr: np.ndarray) -> None:
     """Write an image (``.npy``: an array) through a new file beside ``dst``, which then replaces ``dst``
-    only under :func:`_claim`'s rule (same bytes: e.g. left by an interrupted run)."""
+    only under :func:`~.io.claim_output`'s rule (same bytes: e.g. left by an interrupted run)."""
     tmp = dst.with_name(f".new.{dst.name}")  # same extension: it picks the format
     if dst.suffix == ".npy":
         np.save(tmp, arr)
     else:
         write_image(tmp, arr)
     try:
-        _claim(dst, tmp)
+        claim_output(dst, tmp)
     except OutputConflictError:
         tmp.unlink()
         raise
@@ -161,22 +145,6 @@ def download_demo(cfg: DataConfig, out: str | Path = paths.RAW, seed: int = 42) 
     return rows
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Hard-link (across file systems: copy) the file ``src`` resolves to, never a symlink itself: a
-    relative link would point to another file from ``dst``."""
-    src = Path(src).resolve()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _claim(dst, src)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _safe_id(stem: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
-
-
 def _distinct(files: list[Path]) -> list[Path]:
     """Each photograph once: a link and its target are one image, which must not land in two splits."""
     seen: dict[tuple[int, int], Path] = {}
@@ -187,16 +155,16 @@ def _distinct(files: list[Path]) -> list[Path]:
         if first is p:
             out.append(p)
         else:
-            print(f"warning: {p}: the same file as {first} (a link); skipped, it is used once")
+            log.warning("warning: %s: the same file as %s (a link); skipped, it is used once", p, first)
     return out
 
 
-def _folders(cfg: DataConfig) -> list[tuple[str, object]]:
+def _folders(cfg: DataConfig) -> list[tuple[str, FolderSource]]:
     """(config key, FolderSource) of ``data.folder`` and every ``data.extra_folders`` entry."""
     return [("data.folder", cfg.folder)] + [(f"data.extra_folders[{i}]", f) for i, f in enumerate(cfg.extra_folders)]
 
 
-def _folder_files(key: str, fc) -> list[tuple[Path, object]]:
+def _folder_files(key: str, fc: FolderSource) -> list[tuple[Path, FolderSource]]:
     """The images of one folder source (masks beside them left out), each with its source config."""
     src = Path(fc.path or "")
     if not src.is_dir():
@@ -230,16 +198,17 @@ def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
     seen: set[str] = set()
     for p in files:
         fc = origin[p]
-        src = Path(fc.path)
+        src = Path(fc.path or "")  # set: checked by DataConfig and _folder_files
         mask_dir = Path(fc.mask_dir) if fc.mask_dir else src
         fov_dir = Path(fc.fov_mask_dir) if fc.fov_mask_dir else src
-        pid = _safe_id(p.stem)
+        pid = safe_id(p.stem)
         while pid in seen:
             pid += "_"
         seen.add(pid)
         dst = out / f"{pid}{p.suffix.lower()}"
-        _link(p, dst)
-        row = dict(id=pid, source="folder", path=str(dst), width="", height="", label="", vessel_mask="", fov_mask="")
+        link_file(p, dst)
+        row: dict[str, object] = dict(id=pid, source="folder", path=str(dst), width="", height="", label="",
+                                      vessel_mask="", fov_mask="")
         try:
             from PIL import Image  # header only: fast
 
@@ -254,10 +223,10 @@ def download_folder(cfg: DataConfig, out: str | Path = paths.RAW) -> list[dict]:
             m = d / pat.format(stem=p.stem)
             if m.is_file():
                 mdst = out / "masks" / f"{pid}_{'vessels' if key == 'vessel_mask' else 'fov'}{m.suffix.lower()}"
-                _link(m, mdst)
+                link_file(m, mdst)
                 row[key] = str(mdst)
             else:
-                print(f"warning: {key.replace('_', ' ')} {m} not found for {p.name}")
+                log.warning("warning: %s %s not found for %s", key.replace("_", " "), m, p.name)
         rows.append(row)
     return rows
 

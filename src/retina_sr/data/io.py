@@ -7,7 +7,10 @@ is applied after decoding (``cv2.IMREAD_UNCHANGED`` ignores it; ``IMREAD_COLOR``
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import os
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -171,10 +174,8 @@ def _jpeg_segments(data: bytes) -> tuple[int, int, int, int]:
         if marker in _JPEG_SOF:
             h, w = struct.unpack_from(">HH", data, seg + 1)
         elif marker == 0xE1 and data[seg:seg + 6] == b"Exif\x00\x00":
-            try:
+            with contextlib.suppress(struct.error, KeyError):  # a damaged EXIF block does not make the picture unreadable
                 orientation = _tiff_tags(data, seg + 6).get(274, 1)
-            except (struct.error, KeyError):
-                pass  # a damaged EXIF block does not make the picture unreadable
         i += 2 + length
     return w, h, orientation, -1
 
@@ -236,3 +237,38 @@ def write_image(path: str | Path, img: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------- stage outputs
+class OutputConflictError(FileExistsError):
+    """A file the stage did not write is where it must write one; nothing was deleted."""
+
+
+def claim_output(dst: Path, src: Path | None = None) -> None:
+    """Make way for an output at ``dst``. A file there is replaced only if it holds the bytes of ``src``
+    (e.g. left by an interrupted run); any other is someone's: raise, delete nothing."""
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if src is not None and dst.is_file() and (os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False)):
+        dst.unlink()
+        return
+    raise OutputConflictError(f"{dst}: not written by the last download run (not in its manifest), and the stage "
+                              f"must write a file there; move it out of {dst.parent}, the download stage's output, "
+                              "and rerun")
+
+
+def link_file(src: Path, dst: Path) -> None:
+    """Hard-link (across file systems: copy) the file ``src`` resolves to, never a symlink itself (a
+    relative link would point to another file from ``dst``); ``dst`` is claimed (:func:`claim_output`)."""
+    src = Path(src).resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    claim_output(dst, src)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def safe_id(stem: str) -> str:
+    """A file stem as an image id: characters other than letters, digits, ``-_.`` become ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)

@@ -23,16 +23,21 @@ credentials, so it is imported lazily, after our own credential check.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..config import DataConfig
+from .io import link_file
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "KaggleError",
@@ -55,13 +60,15 @@ _SEVENZ_MAGIC = b"7z\xbc\xaf\x27\x1c"
 class KaggleError(RuntimeError):
     """Kaggle download failed (credentials, rules, network, disk); the message says what to do."""
 
+    exit_code = 2  # the user acts (credentials, accepting the rules, space, network): see runtime.exit_code
 
-def check_credentials(env: dict | None = None, home: Path | None = None) -> None:
+
+def check_credentials(env: Mapping[str, str] | None = None, home: Path | None = None) -> None:
     """Raise :class:`KaggleError` unless some Kaggle credential is configured."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     home = Path.home() if home is None else home
-    cfg_dir = Path(env.get("KAGGLE_CONFIG_DIR", home / ".kaggle"))
-    if (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) or env.get("KAGGLE_API_TOKEN"):
+    cfg_dir = Path(environ.get("KAGGLE_CONFIG_DIR", home / ".kaggle"))
+    if (environ.get("KAGGLE_USERNAME") and environ.get("KAGGLE_KEY")) or environ.get("KAGGLE_API_TOKEN"):
         return
     if (cfg_dir / "kaggle.json").is_file() or (cfg_dir / "access_token").is_file():
         return
@@ -270,8 +277,8 @@ def _image_members(arc: _Archive, archive: str) -> list[str]:
         if not m.lower().endswith((".jpeg", ".jpg", ".png")):
             continue
         if _unsafe_name(m):
-            print(f"warning: {archive}: member {m!r} is named outside the archive's folder (absolute or '..'); "
-                  "skipped: a genuine Kaggle archive has none, check where this file came from")
+            log.warning("warning: %s: member %r is named outside the archive's folder (absolute or '..'); skipped: "
+                        "a genuine Kaggle archive has none, check where this file came from", archive, m)
             continue
         images.append(m)
     return images
@@ -313,7 +320,6 @@ def _check_space(cache: Path, min_free_gb: float, pending: list[str]) -> None:
 
 def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fetcher=None) -> list[dict]:
     """Download (resumably), select ``cfg.n_images`` seeded members, extract them, return manifest rows."""
-    from .download import _link
 
     kc = cfg.kaggle
     cache = Path(kc.cache_dir)
@@ -338,21 +344,23 @@ def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fe
             raise KaggleError(f"no image of {parts[0].name} has a grade in {LABELS}: delete {cache} and rerun")
         n = min(cfg.n_images, len(labelled))
         if n < cfg.n_images:
-            print(f"warning: the {kc.archive} archive holds {len(labelled)} images, fewer than data.n_images={cfg.n_images}")
+            log.warning("warning: the %s archive holds %d images, fewer than data.n_images=%d", kc.archive, len(labelled),
+                        cfg.n_images)
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(labelled, size=n, replace=False).tolist())
         ext = cache / "extracted" / kc.archive
         todo = [m for m in chosen if not ((ext / m).is_file() and (ext / m).stat().st_size == arc.sizes[m])]
         arc.extract(todo, ext)
-        files = {m: _extracted(ext, m, arc.sizes[m]) for m in chosen}
+        extracted = {m: _extracted(ext, m, arc.sizes[m]) for m in chosen}
     finally:
         arc.close()
     rows = []
     for m in chosen:
         stem = Path(m).stem
         dst = out / f"{stem}{Path(m).suffix.lower()}"
-        _link(files[m], dst)
-        w = h = ""
+        link_file(extracted[m], dst)
+        w: int | str = ""
+        h: int | str = ""
         try:
             from PIL import Image
 

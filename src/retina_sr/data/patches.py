@@ -192,7 +192,11 @@ def make_test_pairs(rows: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[int,
             v, h = read_mask(vp), True
         else:
             v, h = np.zeros(fov.shape, bool), False
-        hrs.append(img), fovs.append(fov), vess.append(v), has.append(h), ids.append(row.id)
+        hrs.append(img)
+        fovs.append(fov)
+        vess.append(v)
+        has.append(h)
+        ids.append(row.id)
         srcs.append(str(row.source))
     out = {}
     for s in cfg.scales:

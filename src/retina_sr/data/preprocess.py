@@ -51,6 +51,8 @@ REJECT_COLUMNS = ["id", "path", "reason"]
 class TooFewImagesError(RuntimeError):
     """Fewer than 3 usable images remain (one per split is needed)."""
 
+    exit_code = 2  # an input problem (more or other images): see runtime.exit_code
+
 
 @dataclass(frozen=True)
 class _Job:
@@ -172,10 +174,10 @@ def _process(job: _Job) -> dict:
                 (out / "calibre").mkdir(parents=True, exist_ok=True)
                 np.save(out / "calibre" / f"{job.id}.npy", (c * fov).astype(np.float32))
         except Exception as err:  # noqa: BLE001 - a bad mask rejects this image only, never the stage
-            for f in (img_path, fov_path, Path(vessel_path) if vessel_path else None,
-                      out / "calibre" / f"{job.id}.npy"):
-                if f is not None:
-                    f.unlink(missing_ok=True)  # no orphan outputs of a rejected image
+            for written in (img_path, fov_path, Path(vessel_path) if vessel_path else None,
+                            out / "calibre" / f"{job.id}.npy"):
+                if written is not None:
+                    written.unlink(missing_ok=True)  # no orphan outputs of a rejected image
             reason = str(err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
             return {"id": job.id, "path": job.path, "reject": f"vessel mask unusable: {reason}"}
     h, w = img.shape[:2]
@@ -217,8 +219,8 @@ def assign_splits(ids: list[str], val: float, test: float, seed: int, group_patt
         else:
             n_test -= 1
     out = {}
-    for i, k in enumerate(order):
-        split = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
+    for rank, k in enumerate(order):
+        split = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")
         for image_id in groups[str(k)]:
             out[image_id] = split
     return out

@@ -50,7 +50,7 @@ class PeerModel:
     def __init__(self, name: str, path, scale: int) -> None:
         algo, _ = PEERS[name]
         self.name, self.path, self.scale = name, str(path), int(scale)
-        self._sr = cv2.dnn_superres.DnnSuperResImpl_create()
+        self._sr = cv2.dnn_superres.DnnSuperResImpl_create()  # type: ignore[attr-defined]
         self._sr.readModel(self.path)
         self._sr.setModel(algo, self.scale)
 

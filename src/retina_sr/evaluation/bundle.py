@@ -48,7 +48,7 @@ def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, d
     return "\n".join([
         f"# Model card: `{name}`",
         "",
-        (f"Bundled with retina-sr; `retina-sr zoom eye.jpg --zoom 4` uses it when no `--model` is given. "
+        ("Bundled with retina-sr; `retina-sr zoom eye.jpg --zoom 4` uses it when no `--model` is given. "
          if meta.get("default", True) else f"Bundled with retina-sr; use it with `retina-sr zoom eye.jpg --model {name}`. ")
         +
         f"File `{meta.get('file', name + '.pt')}`, sha256 `{sha}` (checked on every load).",

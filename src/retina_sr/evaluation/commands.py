@@ -1,4 +1,4 @@
-"""``retina-sr evaluate``: the evaluate stage from the command line (same as workflow/scripts/evaluate.py)."""
+"""``retina-sr evaluate`` (the evaluate stage, as workflow/scripts/evaluate.py runs it) and ``bundle-model``."""
 
 from __future__ import annotations
 
@@ -6,49 +6,14 @@ import argparse
 from pathlib import Path
 
 
-def add_arguments(p: argparse.ArgumentParser, with_common: bool = True) -> None:
-    """The evaluate stage's own options (``--params``/``--threads`` too unless ``with_common=False``)."""
-    if with_common:
-        p.add_argument("--params", action="append", default=None,
-                       help="parameter file(s); later ones are merged on top (default: params.yaml)")
-        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV (default: all)")
-    p.add_argument("--models", nargs="+", default=None, metavar="[NAME=]PATH",
-                   help="checkpoints to evaluate (default: discover models/{l1,perceptual,adversarial}/model.pt "
-                        "and models/modified/*/model.pt)")
-    p.add_argument("--root", default=".", help="repository root holding data/ and models/ (default: .)")
-    p.add_argument("--out", default=None, help="output folder (default: <root>/reports)")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
-                   help="device for the models (default: params train.device)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes scoring the images (default: the --threads budget)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log MLflow runs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace, params) -> int:
-    from .stage import evaluate_study
-
-    workers = args.workers if args.workers is not None else (args.threads or 1)
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    result, files = evaluate_study(params, args.models, root=args.root, out_dir=args.out, device=args.device,
-                                   mlflow=not args.no_mlflow, progress=not args.quiet, workers=workers)
-    n_models = len(result.models)
-    print(f"evaluated {n_models} model(s) + baselines on {result.test_description['count']} test image(s) "
-          f"at zooms {result.test_description['zooms']} ({result.device})")
-    for k, p in files.items():
-        print(f"  {k}: {p}")
-    return 0
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..config import load_params
-    from ..runtime import set_threads
+    from ..runtime import load_stage
+    from .stage import evaluate
 
-    files = args.params or ["params.yaml"]
-    params = load_params(files[0], *files[1:])
-    args.threads = set_threads(args.threads)
-    return run(args, params)
+    params = load_stage(args)
+    print(evaluate(params, Path(args.root), threads=args.threads, models=args.models, out=args.out,
+                   device=args.device, workers=args.workers, no_mlflow=args.no_mlflow, quiet=args.quiet))
+    return 0
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -68,8 +33,12 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..runtime import add_stage_arguments
+    from .stage import add_arguments
+
     p = sub.add_parser("evaluate", help="compare every trained model and the baselines on the test images")
+    add_stage_arguments(p)
     add_arguments(p)
     p.set_defaults(func=_evaluate)
     b = sub.add_parser("bundle-model", help="(developers) ship a checkpoint as the package's default model",

@@ -22,13 +22,19 @@ Conventions (stated in every report):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "rgb_to_y",
     "psnr",
+    "psnr_pt",
     "ssim",
     "ssim_map",
     "dice",
@@ -94,6 +100,13 @@ def psnr(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = No
     if mse == 0.0:
         return float("inf")
     return float(10.0 * np.log10(255.0**2 / mse))
+
+
+def psnr_pt(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """:func:`psnr`'s batch form for training (torch, no mask): per-image PSNR in dB of float images in
+    [0, 1] (peak 1, MSE over all pixels and channels), shape ``(N,)``."""
+    mse = (pred.float() - target.float()).square().flatten(1).mean(1)
+    return 10.0 * (1.0 / mse.clamp_min(eps)).log10()
 
 
 def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> np.ndarray:

@@ -13,28 +13,21 @@ import hashlib
 import logging
 import math
 import statistics
-import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from .. import paths
-from ..config import Params
+from ..config import Params, levels_for_zoom
 from .artifacts import checkerboard_score
 from .baselines import load_peers, upsample
 from .metrics import cldice, dice, psnr, ssim
-from .testset import (
-    ModelEntry,
-    TestSet,
-    discover_models,
-    load_calibre_maps,
-    load_test_set,
-    log2_int,
-)
+from .testset import ModelEntry, TestSet, discover_models, load_calibre_maps, load_test_set
 from .vessels import VesselResult, VesselSegmenter, calibre_recovery, thinnest_recovered
 
 __all__ = [
@@ -45,7 +38,8 @@ __all__ = [
     "make_reference",
     "evaluate_outputs",
     "run_model",
-    "time_callable",
+    "median_ms",
+    "measure_speed",
     "run_evaluation",
 ]
 
@@ -195,10 +189,10 @@ def _scoring_pool(workers: int):
 
 
 # ------------------------------------------------------------------------------------------ models
-def _to_tensor(img: np.ndarray, device):
-    import torch
+def _input(img: np.ndarray, device):
+    from ..models.tensors import to_tensor
 
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32).div_(255.0)
+    return to_tensor(img, device, channels_last=True)  # a single image's permuted view is channels-last
 
 
 def run_model(model, lr: np.ndarray, scale: int, device="cpu") -> np.ndarray:
@@ -206,32 +200,23 @@ def run_model(model, lr: np.ndarray, scale: int, device="cpu") -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        out = model(_to_tensor(lr, device), n_up=log2_int(scale))[-1]
+        out = model(_input(lr, device), n_up=levels_for_zoom(scale))[-1]
         out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
     return out[0].permute(1, 2, 0).cpu().numpy()
 
 
-def time_callable(fn: Callable[[], object], repeats: int, warmup: int = 2, sync: Callable[[], None] | None = None) -> float:
-    """Median wall time (ms) of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(statistics.median(times))
+def median_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None) -> float:
+    """Median wall time (ms) of ``fn()`` over ``repeats`` runs after 2 untimed runs (:func:`retina_sr.runtime.time_call`)."""
+    from ..runtime import time_call
+
+    return float(statistics.median(time_call(fn, repeats, warmup=2, sync=sync))) * 1000.0
 
 
 def _model_timer(model, lr: np.ndarray, scale: int, device) -> tuple[Callable[[], object], Callable[[], None] | None]:
     import torch
 
-    x = _to_tensor(lr, device)
-    n_up = log2_int(scale)
+    x = _input(lr, device)
+    n_up = levels_for_zoom(scale)
 
     def fn() -> object:
         with torch.inference_mode():
@@ -282,6 +267,51 @@ def _describe(params: Params, sets: dict[int, TestSet]) -> dict:
     }
 
 
+def measure_speed(lr: np.ndarray, scale: int, candidates: list[tuple[str, str]], peers: dict,
+                  models: dict[str, object], device, device_label: str, repeats: int) -> list[dict]:
+    """Speed rows (model, zoom, ms, fps, device) at ``scale`` on one test image ``lr``: the median of
+    ``repeats`` warm runs of every baseline/peer (OpenCV, CPU) and every model (forward only, input
+    already on ``device``)."""
+    rows = []
+
+    def row(name: str, ms: float, where: str) -> dict:
+        return {"model": name, "zoom": scale, "ms": ms, "fps": 1000.0 / ms if ms > 0 else math.inf, "device": where}
+
+    for name, kind in candidates:
+        if kind == "baseline":
+            rows.append(row(name, median_ms(partial(upsample, lr, scale, name), repeats), "CPU (OpenCV)"))
+        elif kind == "peer":
+            rows.append(row(name, median_ms(partial(peers[(name, scale)], lr), repeats), "CPU (OpenCV DNN)"))
+    for name, model in models.items():
+        fn, sync = _model_timer(model, lr, scale, device)
+        rows.append(row(name, median_ms(fn, repeats, sync=sync), device_label))
+    return rows
+
+
+def _load_test_sets(params: Params, root: Path) -> dict[int, TestSet]:
+    """The test pairs of every zoom of ``data.scales``; they must hold the same images."""
+    cfg = params.evaluate
+    sets = {s: load_test_set(root / paths.patches_file("test", s), s, cfg.max_images) for s in params.data.scales}
+    ids0 = sets[params.data.scales[0]].ids
+    for ts in sets.values():
+        if ts.ids != ids0:
+            raise ValueError(f"{ts.path}: test images {ts.ids} differ from those of the other zooms {ids0}; "
+                             "re-run the patches stage")
+    return sets
+
+
+def _outputs(lr: np.ndarray, scale: int, candidates: list[tuple[str, str]], peers: dict, models: dict[str, object],
+             device) -> dict[str, np.ndarray]:
+    """Every candidate's output for one test image: the input itself (zoom 1), baselines, peers, then models."""
+    outputs: dict[str, np.ndarray] = {}
+    for name, kind in candidates:
+        outputs[name] = (lr.copy() if kind == "input" else peers[(name, scale)](lr)
+                         if kind == "peer" else upsample(lr, scale, name))
+    for name, model in models.items():
+        outputs[name] = run_model(model, lr, scale, device)
+    return outputs
+
+
 def run_evaluation(
     params: Params,
     models: list[ModelEntry] | None = None,
@@ -308,19 +338,14 @@ def run_evaluation(
     root = Path(root)
     cfg = params.evaluate
     segmenter = segmenter or VesselSegmenter()
-    dev = pick_device(device or params.train.device)
+    dev = pick_device(device or params.train.loop.device)
     dev_name = device_name(dev)
     entries = discover_models(root) if models is None else list(models)
     loaded = _load_models(entries, dev)
     if not entries:
         log.warning("no trained model found under %s: evaluating the baselines only", root / paths.MODELS)
 
-    sets = {s: load_test_set(root / paths.patches_file("test", s), s, cfg.max_images) for s in params.data.scales}
-    ids0 = sets[params.data.scales[0]].ids
-    for s, ts in sets.items():
-        if ts.ids != ids0:
-            raise ValueError(f"{ts.path}: test images {ts.ids} differ from those of the other zooms {ids0}; re-run the patches stage")
-
+    sets = _load_test_sets(params, root)
     peers, peer_notes = load_peers(cfg.peers_dir, params.data.scales)
     for note in peer_notes:
         log.warning("%s", note)
@@ -358,12 +383,7 @@ def run_evaluation(
             for i in it:
                 manual = ts.vessels[i] if ts.has_vessels[i] else None
                 key = (ts.ids[i], hashlib.sha1(ts.hr[i].tobytes() + ts.fov[i].tobytes()).hexdigest())
-                outputs: dict[str, np.ndarray] = {}
-                for name, kind in candidates:
-                    outputs[name] = (ts.lr[i].copy() if kind == "input" else peers[(name, s)](ts.lr[i])
-                                     if kind == "peer" else upsample(ts.lr[i], s, name))
-                for e in usable:
-                    outputs[e.name] = run_model(loaded[e.name], ts.lr[i], s, dev)
+                outputs = _outputs(ts.lr[i], s, candidates, peers, {e.name: loaded[e.name] for e in usable}, dev)
                 job = _ScoreJob(
                     path=str(ts.path), scale=s, image_id=ts.ids[i], source=ts.sources[i], hr=ts.hr[i], fov=ts.fov[i],
                     manual=manual, calibre=calib.get(ts.ids[i]) if manual is not None else None,
@@ -377,19 +397,8 @@ def run_evaluation(
                     consume(pending.popleft())
             while pending:  # drain before timing: the speed runs must not compete with the scoring
                 consume(pending.popleft())
-            # speed: warm, median over speed_repeats on the first test image
-            lr0 = ts.lr[0]
-            for name, kind in candidates:
-                if kind in ("baseline", "peer"):
-                    fn = (lambda n=name: upsample(lr0, s, n)) if kind == "baseline" else (lambda n=name: peers[(n, s)](lr0))
-                    ms = time_callable(fn, cfg.speed_repeats)
-                    speed.append({"model": name, "zoom": s, "ms": ms, "fps": 1000.0 / ms if ms > 0 else math.inf,
-                                  "device": "CPU (OpenCV)" if kind == "baseline" else "CPU (OpenCV DNN)"})
-            for e in usable:
-                fn, sync = _model_timer(loaded[e.name], lr0, s, dev)
-                ms = time_callable(fn, cfg.speed_repeats, sync=sync)
-                speed.append({"model": e.name, "zoom": s, "ms": ms, "fps": 1000.0 / ms if ms > 0 else math.inf,
-                              "device": dev_name})
+            speed += measure_speed(ts.lr[0], s, candidates, peers, {e.name: loaded[e.name] for e in usable}, dev,
+                                   dev_name, cfg.speed_repeats)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -7,14 +7,13 @@ that names the file and what to do.
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .. import paths
+from .. import paths, phases
 
 __all__ = [
     "EvaluationInputError",
@@ -86,16 +85,16 @@ def load_test_set(path: str | Path, scale: int, max_images: int | None = None) -
             raise EvaluationInputError(f"{path}: '{k}' must be bool (N, H, W) = {(n, h, w)}, got {arr[k].shape}")
     if arr["has_vessels"].shape != (n,) or len(arr["sources"]) != n:
         raise EvaluationInputError(f"{path}: 'has_vessels' and 'sources' must have one entry per image ({n})")
-    k = n if max_images is None else min(n, int(max_images))
+    keep = n if max_images is None else min(n, int(max_images))
     return TestSet(
         scale=scale,
-        lr=lr[:k],
-        hr=hr[:k],
-        fov=arr["fov"][:k].astype(bool),
-        vessels=arr["vessels"][:k].astype(bool),
-        has_vessels=arr["has_vessels"][:k].astype(bool),
-        ids=[str(x) for x in arr["ids"][:k]],
-        sources=[str(x) for x in arr["sources"][:k]],
+        lr=lr[:keep],
+        hr=hr[:keep],
+        fov=arr["fov"][:keep].astype(bool),
+        vessels=arr["vessels"][:keep].astype(bool),
+        has_vessels=arr["has_vessels"][:keep].astype(bool),
+        ids=[str(x) for x in arr["ids"][:keep]],
+        sources=[str(x) for x in arr["sources"][:keep]],
         path=path,
     )
 
@@ -117,25 +116,30 @@ class ModelEntry:
         return 2 ** int(self.meta["levels"])
 
 
+_VARIANT_PHASES = {p.name for p in phases.PHASES if p.variants}
+
+
 def _name_for(path: Path) -> str:
     parts = path.parts
-    if len(parts) >= 3 and parts[-3] == "modified":
-        return f"modified_{parts[-2]}"
+    if len(parts) >= 3 and parts[-3] in _VARIANT_PHASES:
+        return f"{parts[-3]}_{parts[-2]}"
     return path.parent.name or path.stem
 
 
 def discover_models(root: str | Path = ".") -> list[ModelEntry]:
-    """Every ``models/{l1,perceptual,adversarial}/model.pt`` and ``models/modified/*/model.pt`` under ``root``."""
+    """Every phase's ``models/<phase>/model.pt`` and ``models/<phase>/<variant>/model.pt`` under ``root``,
+    in the order of :data:`retina_sr.phases.PHASES` (variants alphabetically)."""
     root = Path(root)
     found: list[ModelEntry] = []
-    for phase in paths.PHASES:
-        p = root / paths.phase_dir(phase) / "model.pt"
-        if p.is_file():
-            found.append(ModelEntry(name=phase, path=p, phase=phase))
-    mod = root / paths.MODELS / "modified"
-    if mod.is_dir():
-        for p in sorted(mod.glob("*/model.pt")):
-            found.append(ModelEntry(name=f"modified_{p.parent.name}", path=p, phase="modified", variant=p.parent.name))
+    for ph in phases.PHASES:
+        if ph.variants:
+            for p in sorted((root / paths.MODELS / ph.name).glob("*/model.pt")):
+                v = p.parent.name
+                found.append(ModelEntry(name=f"{ph.name}_{v}", path=p, phase=ph.name, variant=v))
+        else:
+            p = root / paths.model_file(ph.name)
+            if p.is_file():
+                found.append(ModelEntry(name=ph.name, path=p, phase=ph.name))
     return found
 
 
@@ -224,7 +228,7 @@ def load_calibre_maps(ids: list[str], size: tuple[int, int], root: str | Path = 
                                            "re-run the preprocess stage")
             out[i] = cal
     manifest = root / paths.PROCESSED_MANIFEST
-    wanted = {i: p for i in ids if i not in out and (p := _calibre_file(root, i)) is not None}
+    wanted = {i: f for i in ids if i not in out and (f := _calibre_file(root, i)) is not None}
     if not wanted:
         return out
     if not manifest.is_file():
@@ -242,11 +246,3 @@ def load_calibre_maps(ids: list[str], size: tuple[int, int], root: str | Path = 
             raise EvaluationInputError(f"{manifest}: bad crop box for {i!r} ({err})") from None
         out[i] = _crop_resize(_read_calibre(p), box, size)  # type: ignore[arg-type]
     return out
-
-
-def log2_int(scale: int) -> int:
-    """``log2`` of a power-of-two zoom (1 -> 0)."""
-    n = int(round(math.log2(scale)))
-    if 2**n != scale:
-        raise ValueError(f"zoom {scale} is not a power of two")
-    return n

@@ -1,32 +1,15 @@
-"""Losses: pyramid Charbonnier, VGG16 perceptual, retinal saliency, adversarial (vanilla / RaGAN)."""
+"""Losses: pyramid Charbonnier, VGG16 perceptual, retinal saliency, vessel ridges, adversarial (vanilla / RaGAN).
 
-from .adversarial import GanType, discriminator_loss, generator_adversarial_loss
-from .factory import build_perceptual_loss
-from .pixel import charbonnier, downscale_to, pyramid_charbonnier
-from .ridge import RidgeLoss, ridge_response
-from .saliency import SaliencyLoss, gaussian_blur, intensity_contrast, saliency_map, texture_energy, vesselness
-from .vgg import VGG16_FILE, VGG16_URL, VGG_LAYERS, PerceptualLoss, VGG16Features, VGGWeightsError
+Names are loaded on first use (``lazy_loader``, scientific Python's SPEC 1), as in every package here.
+"""
 
-__all__ = [
-    "charbonnier",
-    "downscale_to",
-    "pyramid_charbonnier",
-    "RidgeLoss",
-    "ridge_response",
-    "VGG16Features",
-    "PerceptualLoss",
-    "VGGWeightsError",
-    "VGG_LAYERS",
-    "VGG16_URL",
-    "VGG16_FILE",
-    "saliency_map",
-    "SaliencyLoss",
-    "intensity_contrast",
-    "texture_energy",
-    "vesselness",
-    "gaussian_blur",
-    "build_perceptual_loss",
-    "GanType",
-    "generator_adversarial_loss",
-    "discriminator_loss",
-]
+import lazy_loader as _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
+    "adversarial": ["GanType", "discriminator_loss", "generator_adversarial_loss"],
+    "factory": ["build_perceptual_loss"],
+    "pixel": ["charbonnier", "downscale_to", "pyramid_charbonnier"],
+    "ridge": ["RidgeLoss", "ridge_response"],
+    "saliency": ["SaliencyLoss", "gaussian_blur", "intensity_contrast", "saliency_map", "texture_energy", "vesselness"],
+    "vgg": ["VGG16_FILE", "VGG16_URL", "VGG_LAYERS", "PerceptualLoss", "VGG16Features", "VGGWeightsError"],
+})

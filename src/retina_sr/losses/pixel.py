@@ -59,5 +59,5 @@ def pyramid_charbonnier(outputs: Sequence[Tensor], hr: Tensor, eps: float = 1e-3
         raise ValueError("pyramid_charbonnier: no outputs given")
     total = hr.new_zeros(())
     for out in outputs:
-        total = total + charbonnier(out, downscale_to(hr, tuple(out.shape[-2:])), eps)
+        total = total + charbonnier(out, downscale_to(hr, (int(out.shape[-2]), int(out.shape[-1]))), eps)
     return total

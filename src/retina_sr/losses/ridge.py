@@ -79,6 +79,9 @@ def ridge_response(green: Tensor, bank: tuple[Tensor, Tensor, int], sigmas: tupl
 class RidgeLoss(nn.Module):
     """Charbonnier distance between the ridge responses of ``output`` and ``hr`` (green channel)."""
 
+    kx: Tensor  # buffers (derivative-of-Gaussian bank), declared for the type checker
+    ky: Tensor
+
     def __init__(self, sigmas: tuple[float, ...] = RIDGE_SIGMAS, eps: float = 1e-3) -> None:
         super().__init__()
         if not sigmas or min(sigmas) <= 0:

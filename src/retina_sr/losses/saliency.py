@@ -28,7 +28,7 @@ form), the weighted mean is taken and normalised to [0, 1] again.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -191,7 +191,7 @@ def _saliency(img: Tensor, weights: tuple[float, float, float], mask: Tensor | N
     wsum = float(sum(weights))
     if wsum <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"saliency weights must be >= 0 with a positive sum, got {weights}")
-    cues = (intensity_contrast, texture_energy, vesselness)
+    cues: tuple[Callable[[Tensor], Tensor], ...] = (intensity_contrast, texture_energy, vesselness)
     sal = torch.zeros_like(img[:, :1])
     for w, cue in zip(weights, cues):
         if w > 0:

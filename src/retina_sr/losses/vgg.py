@@ -157,6 +157,9 @@ class VGG16Features(nn.Module):
     modules up to the deepest requested layer run. ``weights_description`` records what was loaded.
     """
 
+    mean: Tensor  # ImageNet normalisation buffers, declared for the type checker
+    std: Tensor
+
     def __init__(self, weights: str = "random", layers: Sequence[str] = ("relu2_2", "relu3_3"), seed: int = 0,
                  progress: bool = False) -> None:
         super().__init__()
@@ -191,7 +194,8 @@ class VGG16Features(nn.Module):
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def load_torchvision_state(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load ``features.*`` keys of a torchvision VGG16 state dict (``classifier.*`` ignored)."""

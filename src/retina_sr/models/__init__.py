@@ -1,28 +1,16 @@
-"""Models: LapSRN and its modifications, the PatchGAN discriminator, checkpoints, artifact score.
+"""Models: LapSRN and its modifications, the PatchGAN discriminator, checkpoints, the input tensor, a
+Nyquist-energy probe. See ``docs/architecture.md`` ("Model interface").
 
-See ``docs/architecture.md`` ("Model interface").
+Names are loaded on first use (``lazy_loader``, scientific Python's SPEC 1), as in every package here.
 """
 
-from .blocks import EmbeddingBlock, ResidualBlock, Upsample2x, bilinear_kernel, icnr_
-from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
-from .discriminator import Discriminator
-from .lapsrn import LapSRN, apply_variant, build_model
-from .spectrum import checkerboard_score, nyquist_energy_fraction
+import lazy_loader as _lazy
 
-__all__ = [
-    "LapSRN",
-    "build_model",
-    "apply_variant",
-    "Discriminator",
-    "checkerboard_score",
-    "nyquist_energy_fraction",
-    "save_model",
-    "load_model",
-    "read_checkpoint",
-    "CheckpointError",
-    "EmbeddingBlock",
-    "ResidualBlock",
-    "Upsample2x",
-    "bilinear_kernel",
-    "icnr_",
-]
+__getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
+    "blocks": ["EmbeddingBlock", "ResidualBlock", "Upsample2x", "bilinear_kernel", "icnr_"],
+    "checkpoint": ["CheckpointError", "load_model", "read_checkpoint", "save_model"],
+    "discriminator": ["Discriminator"],
+    "lapsrn": ["LapSRN", "apply_variant", "build_model"],
+    "spectrum": ["nyquist_energy_fraction", "nyquist_score"],
+    "tensors": ["to_tensor"],
+})

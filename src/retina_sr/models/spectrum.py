@@ -1,4 +1,7 @@
-"""Checkerboard-artifact score: share of spectral energy at the period-2 (Nyquist) frequencies.
+"""Period-2 (Nyquist) spectral energy of a model's output or residual: a training-side artifact probe.
+
+(The evaluation's per-image ``checkerboard`` column is :func:`retina_sr.evaluation.artifacts.checkerboard_score`,
+the periodic energy at every upsampling period relative to the HR image.)
 
 Transposed convolutions with stride 2 whose kernel taps differ between output parities produce
 a period-2 "checkerboard" pattern (Odena, Dumoulin, Olah, "Deconvolution and Checkerboard
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["checkerboard_score", "nyquist_energy_fraction"]
+__all__ = ["nyquist_score", "nyquist_energy_fraction"]
 
 
 def _as_nchw(img: Tensor | np.ndarray) -> Tensor:
@@ -27,17 +30,17 @@ def _as_nchw(img: Tensor | np.ndarray) -> Tensor:
         elif t.dim() == 4:
             t = t.permute(0, 3, 1, 2)
         else:
-            raise ValueError(f"checkerboard_score: array of shape {img.shape} is not (H,W), (H,W,C) or (N,H,W,C)")
+            raise ValueError(f"nyquist_energy_fraction: array of shape {img.shape} is not (H,W), (H,W,C) or (N,H,W,C)")
         return t
     if not isinstance(img, Tensor):
-        raise TypeError(f"checkerboard_score: expected a torch.Tensor or numpy array, got {type(img).__name__}")
+        raise TypeError(f"nyquist_energy_fraction: expected a torch.Tensor or numpy array, got {type(img).__name__}")
     t = img.detach().to(torch.float64)
     if t.dim() == 2:
         t = t[None, None]
     elif t.dim() == 3:
         t = t[None]
     elif t.dim() != 4:
-        raise ValueError(f"checkerboard_score: tensor of shape {tuple(img.shape)} is not (H,W), (C,H,W) or (N,C,H,W)")
+        raise ValueError(f"nyquist_energy_fraction: tensor of shape {tuple(img.shape)} is not (H,W), (C,H,W) or (N,C,H,W)")
     return t
 
 
@@ -50,7 +53,7 @@ def nyquist_energy_fraction(img: Tensor | np.ndarray) -> Tensor:
     t = _as_nchw(img)
     h, w = t.shape[-2:]
     if h < 2 or w < 2:
-        raise ValueError(f"checkerboard_score: image of {h}x{w} pixels is too small (need at least 2x2)")
+        raise ValueError(f"nyquist_energy_fraction: image of {h}x{w} pixels is too small (need at least 2x2)")
     t = t - t.mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.fft2(t).abs().square().sum(dim=1)  # (N, H, W), summed over channels
     rows = sorted({h // 2, (h + 1) // 2 % h})
@@ -63,8 +66,8 @@ def nyquist_energy_fraction(img: Tensor | np.ndarray) -> Tensor:
     return torch.where(total > 0, nyq / total.clamp_min(1e-30), torch.zeros_like(total))
 
 
-def checkerboard_score(img_or_batch: Tensor | np.ndarray, reference: Tensor | np.ndarray | None = None) -> float:
-    """Checkerboard score in [0, 1]: mean over images of the Nyquist-row/column energy fraction.
+def nyquist_score(img_or_batch: Tensor | np.ndarray, reference: Tensor | np.ndarray | None = None) -> float:
+    """Nyquist score in [0, 1]: mean over images of the Nyquist-row/column energy fraction.
 
     ``img_or_batch``: a torch tensor (H, W), (C, H, W) or (N, C, H, W), or a numpy array (H, W),
     (H, W, C) or (N, H, W, C) (the project's NHWC layout; any dtype). With ``reference`` (same
@@ -76,6 +79,6 @@ def checkerboard_score(img_or_batch: Tensor | np.ndarray, reference: Tensor | np
     if reference is not None:
         r = _as_nchw(reference)
         if r.shape != x.shape:
-            raise ValueError(f"checkerboard_score: reference shape {tuple(r.shape)} != image shape {tuple(x.shape)}")
+            raise ValueError(f"nyquist_score: reference shape {tuple(r.shape)} != image shape {tuple(x.shape)}")
         x = x - r
     return float(nyquist_energy_fraction(x).mean())

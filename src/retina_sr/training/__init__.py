@@ -1,44 +1,17 @@
-"""Training of every phase (l1, perceptual, adversarial, modified variants) with resume and tracking.
+"""Training of every phase of :data:`retina_sr.phases.PHASES` with resume and tracking.
 
-See :mod:`retina_sr.training.trainer` for the step, :mod:`.objectives` for the loss sets.
+See :mod:`retina_sr.training.trainer` for the step and the boundary work, :mod:`.objectives` for the
+loss sets, :mod:`.outputs` for the products and the MLflow run, :mod:`.stage` for the pipeline stage.
+Names are loaded on first use (``lazy_loader``, scientific Python's SPEC 1), as in every package here.
 """
 
-from .data import BatchSampler, PatchDataError, PatchSet, load_patches, to_tensor
-from .ema import ModelEMA
-from .objectives import LossSpec, PhaseLosses, loss_spec
-from .trainer import (
-    PHASES,
-    PhasePlan,
-    TrainResult,
-    build_optimizer,
-    build_scheduler,
-    dvc_stage_name,
-    init_weights,
-    plan_phase,
-    train_phase,
-)
-from .validation import psnr, val_grid, validate
+import lazy_loader as _lazy
 
-__all__ = [
-    "PHASES",
-    "PhasePlan",
-    "TrainResult",
-    "train_phase",
-    "plan_phase",
-    "init_weights",
-    "build_optimizer",
-    "build_scheduler",
-    "dvc_stage_name",
-    "ModelEMA",
-    "PhaseLosses",
-    "LossSpec",
-    "loss_spec",
-    "BatchSampler",
-    "PatchSet",
-    "PatchDataError",
-    "load_patches",
-    "to_tensor",
-    "psnr",
-    "validate",
-    "val_grid",
-]
+__getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
+    "data": ["BatchSampler", "PatchDataError", "PatchSet", "load_patches"],
+    "ema": ["ModelEMA"],
+    "objectives": ["LossSpec", "PhaseLosses", "loss_spec"],
+    "trainer": ["PhasePlan", "TrainingRun", "TrainResult", "build_optimizer", "build_scheduler", "init_weights",
+                "plan_phase", "stage_fingerprint", "train_phase"],
+    "validation": ["val_grid", "validate"],
+})

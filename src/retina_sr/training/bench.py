@@ -1,24 +1,25 @@
 """Training throughput benchmark: steps/s of the real training step for the study's model sizes.
 
-``retina-sr bench-train`` times :meth:`retina_sr.training.trainer._Run.train_step` (forward, loss,
+``retina-sr bench-train`` times :meth:`retina_sr.training.trainer.TrainingRun.train_step` (forward, loss,
 backward, clipping, Adam, EMA) on synthetic uint8 patches, cycling the zooms of ``data.scales`` like
 training does, for the demo (F16 D3) and full-study (F64 D10) LapSRN sizes, with the pyramid
 Charbonnier loss alone (phase ``l1``) and with the perceptual + saliency terms (phase
 ``perceptual``, random VGG16 so nothing is downloaded). On CUDA bf16 autocast and channels_last
-follow ``train.amp`` / ``train.channels_last``.
+follow ``train.loop.amp`` / ``train.loop.channels_last``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import Params, params_from_dict
+from ..config import Params, params_from_dict, parse_arch
+from ..phases import PHASES
 
 __all__ = ["SIZES", "parse_size", "bench_train", "format_results"]
 
@@ -26,13 +27,13 @@ SIZES = {"demo": (16, 3), "full": (64, 10)}
 
 
 def parse_size(name: str) -> tuple[int, int]:
-    """``demo`` -> (16, 3), ``full`` -> (64, 10), ``F32D5`` -> (32, 5)."""
+    """``demo`` -> (16, 3), ``full`` -> (64, 10), ``F32D5`` -> (32, 5) (:func:`retina_sr.config.parse_arch`)."""
     if name in SIZES:
         return SIZES[name]
-    m = re.fullmatch(r"[fF](\d+)[dD](\d+)", name)
-    if not m:
-        raise ValueError(f"unknown model size {name!r}: use demo, full or F<features>D<depth> (e.g. F32D5)")
-    return int(m.group(1)), int(m.group(2))
+    try:
+        return parse_arch(name)
+    except ValueError:
+        raise ValueError(f"unknown model size {name!r}: use demo, full or F<features>D<depth> (e.g. F32D5)") from None
 
 
 def _synthetic(n: int, crop: int, scales: list[int], seed: int = 0):
@@ -44,7 +45,7 @@ def _synthetic(n: int, crop: int, scales: list[int], seed: int = 0):
     return PatchSet(hr=hr, lr=lr, path=None, fov=np.ones((n, crop, crop), bool))  # type: ignore[arg-type]
 
 
-def bench_train(sizes: list[str] = ("demo", "full"), steps: int = 5, device: str = "auto", batch_size: int | None = None,
+def bench_train(sizes: Sequence[str] = ("demo", "full"), steps: int = 5, device: str = "auto", batch_size: int | None = None,
                 crop: int | None = None, perceptual: bool = True, warmup: int = 2,
                 params: Params | None = None) -> list[dict[str, Any]]:
     """Measure steps/s for every size (and loss set); returns one dict per measurement.
@@ -53,30 +54,31 @@ def bench_train(sizes: list[str] = ("demo", "full"), steps: int = 5, device: str
     cost depends on the zoom), so the rate is the training average.
     """
     from ..runtime import device_name, pick_device
-    from .trainer import _Run, plan_phase
+    from .trainer import TrainingRun, plan_phase
 
     if steps < 1:
         raise ValueError("--steps must be >= 1")
     base = params if params is not None else Params()
     raw = base.model_dump(mode="json")
-    raw["train"]["device"] = device
+    raw["train"]["loop"]["device"] = device
     if batch_size is not None:
-        raw["train"]["batch_size"] = batch_size
+        raw["train"]["loop"]["batch_size"] = batch_size
     if crop is not None:
         raw["data"]["patches"]["crop"] = crop
         raw["data"]["size"] = max(raw["data"]["size"], crop)
     raw["train"]["perceptual"]["vgg_weights"] = "random"
     dev = pick_device(device)
     results = []
-    phases = ["l1", "perceptual"] if perceptual else ["l1"]
+    # the pixel-only first phase, and the first phase with the perceptual terms
+    timed = [PHASES[0]] + ([next(ph for ph in PHASES if "perceptual" in ph.losses)] if perceptual else [])
     for size in sizes:
         f, d = parse_size(size)
         raw["model"]["features"], raw["model"]["depth"] = f, d
         p = params_from_dict(raw, "bench-train settings")
-        data = _synthetic(max(2 * p.train.batch_size, 4), p.data.patches.crop, p.data.scales)
-        for phase in phases:
-            plan = dataclasses.replace(plan_phase(p, phase), init_from=None)
-            run = _Run(p, plan, dev, data)
+        data = _synthetic(max(2 * p.train.loop.batch_size, 4), p.data.patches.crop, p.data.scales)
+        for ph in timed:
+            plan = dataclasses.replace(plan_phase(p, ph.name), init_from=None)
+            run = TrainingRun(p, plan, dev, data)
             cycle = len(p.data.scales)  # time whole zoom cycles: zoom 1 costs more than zoom 8
             n_warm, n_steps = -(-warmup // cycle) * cycle, -(-steps // cycle) * cycle
             for _ in range(n_warm):
@@ -91,10 +93,10 @@ def bench_train(sizes: list[str] = ("demo", "full"), steps: int = 5, device: str
             dt = time.perf_counter() - t0
             results.append({
                 "size": size, "features": f, "depth": d,
-                "loss": "pixel" if phase == "l1" else "pixel+perceptual+saliency",
-                "batch": p.train.batch_size, "crop": p.data.patches.crop, "scales": list(p.data.scales),
+                "loss": "pixel+perceptual+saliency" if "perceptual" in ph.losses else "pixel",
+                "batch": p.train.loop.batch_size, "crop": p.data.patches.crop, "scales": list(p.data.scales),
                 "device": device_name(dev), "amp_bf16": run.amp, "steps": n_steps,
-                "steps_per_s": n_steps / dt, "patches_per_s": n_steps * p.train.batch_size / dt,
+                "steps_per_s": n_steps / dt, "patches_per_s": n_steps * p.train.loop.batch_size / dt,
             })
     return results
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _params(args: argparse.Namespace):
@@ -23,21 +24,16 @@ def _tracking_init(args: argparse.Namespace) -> int:
 
 
 def _exists(path: str) -> bool:
-    from pathlib import Path
-
     return Path(path).is_file()
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..runtime import set_threads
-    from .trainer import train_phase
+    from ..runtime import load_stage
+    from .stage import train
 
-    params = _params(args)
-    threads = set_threads(args.threads)
-    result = train_phase(params, args.phase, args.variant)
-    print(f"{result.out_dir}: best step {result.best_step}, val PSNR "
-          + ", ".join(f"{k} {v:.2f} dB" for k, v in result.val_psnr.items())
-          + f", {result.steps_per_s:.2f} steps/s ({threads} threads)")
+    params = load_stage(args)
+    print(train(params, Path(args.root), threads=args.threads, phase=args.phase, variant=args.variant,
+                no_progress=args.no_progress))
     return 0
 
 
@@ -54,18 +50,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..runtime import add_stage_arguments
+    from .stage import add_arguments
+
     p = sub.add_parser("tracking", help="MLflow tracking store")
     tsub = p.add_subparsers(dest="tracking_command", required=True)
     t = tsub.add_parser("init", help="create the MLflow store once (run before parallel dvc/snakemake jobs)")
     t.add_argument("--params", action="append", default=None, help="parameter file(s) (default: params.yaml)")
     t.set_defaults(func=_tracking_init)
 
-    tr = sub.add_parser("train", help="train one phase (what workflow/scripts/train.py runs)")
-    tr.add_argument("--phase", required=True, choices=["l1", "perceptual", "adversarial", "modified"])
-    tr.add_argument("--variant", default=None, help="variant name for --phase modified")
-    tr.add_argument("--params", action="append", default=None, help="parameter file(s) (default: params.yaml)")
-    tr.add_argument("--threads", type=int, default=None)
+    tr = sub.add_parser("train", help="train one phase (the train_<phase> stage, as workflow/scripts/train.py runs it)")
+    add_stage_arguments(tr)
+    add_arguments(tr)
     tr.set_defaults(func=_train)
 
     b = sub.add_parser("bench-train", help="training steps/s for the demo and full-study model sizes")
@@ -73,7 +70,7 @@ def register(sub) -> None:
     b.add_argument("--steps", type=int, default=4, help="timed steps per configuration (rounded up to whole zoom cycles)")
     b.add_argument("--warmup", type=int, default=4, help="untimed steps first (rounded up to whole zoom cycles)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    b.add_argument("--batch", type=int, default=None, help="batch size (default: the study's train.batch_size)")
+    b.add_argument("--batch", type=int, default=None, help="batch size (default: the study's train.loop.batch_size)")
     b.add_argument("--crop", type=int, default=None, help="HR crop side (default: the study's data.patches.crop)")
     b.add_argument("--no-perceptual", action="store_true", help="skip the pixel+perceptual measurement")
     b.add_argument("--threads", type=int, default=None)

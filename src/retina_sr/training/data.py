@@ -2,7 +2,8 @@
 
 File layout (docs/architecture.md): ``hr`` uint8 (N, crop, crop, 3) and ``lr_x{s}`` uint8
 (N, crop/s, crop/s, 3) for every zoom ``s`` in ``data.scales`` (plus ``fov``, ``ids``, not needed
-here). Arrays stay uint8 in memory; batches are converted to float NCHW in [0, 1] on the device.
+here). Arrays stay uint8 in memory; batches are converted to float NCHW in [0, 1] on the device
+(:func:`retina_sr.models.tensors.to_tensor`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-__all__ = ["PatchSet", "PatchDataError", "load_patches", "BatchSampler", "OnlineDegrader", "to_tensor"]
+__all__ = ["PatchSet", "PatchDataError", "load_patches", "BatchSampler", "OnlineDegrader"]
 
 
 class PatchDataError(ValueError):
@@ -42,7 +42,7 @@ def load_patches(path: str | Path, scales: list[int], limit: int | None = None) 
     """Read ``path`` and check keys, dtypes and shapes against ``scales``; errors name the file and key.
 
     ``limit`` keeps ``limit`` patches evenly spaced over the file (validation uses
-    ``train.max_val_patches``): the file holds the patches image by image, so its first ``limit``
+    ``train.loop.max_val_patches``): the file holds the patches image by image, so its first ``limit``
     patches would come from the first few images only.
     """
     path = Path(path)
@@ -81,15 +81,6 @@ def load_patches(path: str | Path, scales: list[int], limit: int | None = None) 
         fov = fov[keep] if fov is not None else None
     return PatchSet(hr=np.ascontiguousarray(hr), lr={s: np.ascontiguousarray(a) for s, a in lr.items()}, path=path,
                     fov=None if fov is None else np.ascontiguousarray(fov))
-
-
-def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1] on ``device``."""
-    t = torch.from_numpy(batch)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    t = t.permute(0, 3, 1, 2).float().div_(255.0)
-    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class BatchSampler:
@@ -138,7 +129,7 @@ class BatchSampler:
 
 
 class OnlineDegrader:
-    """Fresh LR inputs every step from the stored HR crops (``train.degradation: online``).
+    """Fresh LR inputs every step from the stored HR crops (``train.loop.degradation: online``).
 
     For step ``k`` a generator seeded with ``(seed, k)`` draws, per patch, one of the 8 dihedral
     transforms and a blur sigma / noise std / JPEG quality from ``data.patches``' ranges, then applies

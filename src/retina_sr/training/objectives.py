@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import phases
 from ..config import AdversarialPhase, Params, PerceptualPhase, PhaseConfig
 
 __all__ = ["PhaseLosses", "LossSpec", "loss_spec"]
@@ -51,17 +52,14 @@ class LossSpec:
 
 
 def loss_spec(params: Params, phase: str) -> LossSpec:
-    """The :class:`LossSpec` of ``phase`` (``l1``, ``perceptual``, ``adversarial``, ``modified``)."""
+    """The :class:`LossSpec` of ``phase``: its own pixel-side weights plus the terms of the sections its
+    :class:`~retina_sr.phases.Phase` lists in ``losses`` (``perceptual``, ``adversarial``)."""
+    p = phases.get(phase)
     t = params.train
-    cfg: PhaseConfig = getattr(t, phase)
-    eps = t.charbonnier_eps
-    if phase == "l1":
-        return LossSpec(cfg.pixel_weight, eps, cfg.ridge_weight)
-    if phase == "perceptual":
-        return LossSpec(cfg.pixel_weight, eps, cfg.ridge_weight, perceptual=t.perceptual)
-    if phase in ("adversarial", "modified"):
-        return LossSpec(cfg.pixel_weight, eps, cfg.ridge_weight, perceptual=t.perceptual, adversarial=t.adversarial)
-    raise ValueError(f"unknown phase {phase!r}: use l1, perceptual, adversarial or modified")
+    cfg: PhaseConfig = getattr(t, p.name)
+    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, cfg.ridge_weight,
+                    perceptual=t.perceptual if "perceptual" in p.losses else None,
+                    adversarial=t.adversarial if "adversarial" in p.losses else None)
 
 
 class PhaseLosses(nn.Module):
@@ -119,13 +117,14 @@ class PhaseLosses(nn.Module):
         if pixel_only:
             terms["loss"] = total
             return total, {k: v.detach() for k, v in terms.items()}
-        if self.perceptual is not None:
+        p = s.perceptual  # the perceptual/saliency modules exist only when it is set
+        if self.perceptual is not None and p is not None:
             terms["perceptual"] = self.perceptual(final, hr)
-            total = total + s.perceptual.perceptual_weight * terms["perceptual"]
-        if self.saliency is not None:
+            total = total + p.perceptual_weight * terms["perceptual"]
+        if self.saliency is not None and p is not None:
             mask = None if fov is None else fov[:, None].to(hr.dtype)
             terms["saliency"] = self.saliency(final, hr, mask)
-            total = total + s.perceptual.saliency_weight * terms["saliency"]
+            total = total + p.saliency_weight * terms["saliency"]
         a = s.adversarial
         if a is not None:
             if disc is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ __all__ = ["capture_rng", "restore_rng", "save_state", "load_state", "fingerprin
 
 RESUME_FORMAT = "retina-sr-resume/1"
 
+log = logging.getLogger(__name__)
+
 
 def capture_rng() -> dict[str, Any]:
     """The python, numpy and torch (CPU and CUDA) random states."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     out: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -65,10 +68,10 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a corrupt file is reported and ignored
-        print(f"[train] ignoring unreadable resume state {path} ({type(err).__name__}: {err}); starting over")
+        log.warning("[train] ignoring unreadable resume state %s (%s: %s); starting over", path, type(err).__name__, err)
         return None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        print(f"[train] ignoring {path}: not a {RESUME_FORMAT} resume state; starting over")
+        log.warning("[train] ignoring %s: not a %s resume state; starting over", path, RESUME_FORMAT)
         return None
     return state
 

@@ -1,36 +1,36 @@
-"""One trainer for every phase of the study (``l1 -> perceptual -> adversarial -> modified@variant``).
+"""One trainer for every phase of the study (:data:`retina_sr.phases.PHASES`).
 
 Per step (Lai et al. 2017, LapSRN; the loss set of each phase is in :mod:`.objectives`):
 
 1. the zoom cycles deterministically through ``data.scales`` (``scales[step % len(scales)]``);
-2. a batch of ``train.batch_size`` patches is drawn by the resumable :class:`~.data.BatchSampler`;
+2. a batch of ``train.loop.batch_size`` patches is drawn by the resumable :class:`~.data.BatchSampler`;
 3. the model sees ``lr_x{s}`` with ``n_up = log2(s)`` and returns every pyramid level;
-4. the generator loss is back-propagated, gradients clipped to ``train.grad_clip`` (global norm),
-   Adam (Kingma & Ba 2015, betas 0.9/0.999) steps, the schedule (``train.lr_schedule``: cosine to
+4. the generator loss is back-propagated, gradients clipped to ``train.loop.grad_clip`` (global norm),
+   Adam (Kingma & Ba 2015, betas 0.9/0.999) steps, the schedule (``train.loop.lr_schedule``: cosine to
    lr/100, or halving every quarter of the steps) steps;
 5. adversarial phases then update the discriminator (Adam with ``lr_d``, same schedule/clipping);
-6. the EMA of the weights (``train.ema_decay``) is updated.
+6. the EMA of the weights (``train.loop.ema_decay``) is updated.
 
-Every ``val_every`` steps (and at the end) PSNR per zoom is measured on ``val.npz`` with the EMA
-weights (raw weights when EMA is off); the best mean PSNR gives ``model.pt``. Every
-``checkpoint_every`` steps (and at the end) ``last.pt`` stores the full resume state, so a stage
-killed with SIGKILL and started again continues from there and ends with the same weights as an
-uninterrupted run (bit-exact on CPU). A ``last.pt`` written for another configuration (different
-fingerprint: phase settings, model, data hash, init checkpoint) is ignored and training starts over.
+At a boundary step (:meth:`TrainingRun.boundary`): every ``val_every`` steps (and at the end) PSNR per
+zoom is measured on ``val.npz`` with the EMA weights (raw weights when EMA is off) and the best mean PSNR
+is kept for ``model.pt``; every ``checkpoint_every`` steps (and at the end) ``last.pt`` stores the full
+resume state, so a stage killed with SIGKILL and started again continues from there and ends with the
+same weights as an uninterrupted run (bit-exact on CPU). A ``last.pt`` written for another configuration
+(:func:`stage_fingerprint`: the stage's parameters, the data hash, the init checkpoint) is ignored and
+training starts over. Products and the MLflow run: :mod:`.outputs`.
 
-Device: ``train.device`` (``auto``: CUDA when present); on CUDA bf16 autocast (``train.amp``) and
-channels_last (``train.channels_last``); both are no-ops on CPU.
+Device: ``train.loop.device`` (``auto``: CUDA when present); on CUDA bf16 autocast (``train.loop.amp``)
+and channels_last (``train.loop.channels_last``); both are no-ops on CPU.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import json
+import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,20 +38,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import paths
-from ..config import ModelConfig, Params, PhaseConfig
-from ..runtime import device_name, file_sha256, git_commit, pick_device, seed_everything
-from .data import BatchSampler, OnlineDegrader, PatchSet, load_patches, to_tensor
+from .. import paths, phases
+from ..config import ModelConfig, Params, PhaseConfig, levels_for_zoom
+from ..models.tensors import to_tensor
+from ..runtime import file_sha256, pick_device, seed_everything
+from .data import BatchSampler, OnlineDegrader, PatchSet, load_patches
 from .ema import ModelEMA
 from .objectives import PhaseLosses, loss_spec
 from .state import capture_rng, fingerprint, load_state, restore_rng, save_state
-from .validation import autocast, val_grid, validate
+from .validation import autocast, validate
 
-__all__ = ["PHASES", "PhasePlan", "TrainResult", "plan_phase", "train_phase", "init_weights",
-           "build_optimizer", "build_scheduler", "dvc_stage_name"]
+__all__ = ["PhasePlan", "TrainResult", "TrainingRun", "plan_phase", "train_phase", "init_weights",
+           "build_optimizer", "build_scheduler", "stage_fingerprint"]
 
-PHASES = ("l1", "perceptual", "adversarial", "modified")
-_PREVIOUS = {"perceptual": "l1", "adversarial": "perceptual", "modified": "adversarial"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,42 +86,50 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def dvc_stage_name(phase: str, variant: str | None = None) -> str:
-    """``train_l1`` ... ``train_modified@shared`` (the stage names of dvc.yaml)."""
-    return f"train_{phase}" + (f"@{variant}" if variant else "")
-
-
 def plan_phase(params: Params, phase: str, variant: str | None = None, root: str | Path = ".") -> PhasePlan:
-    """Resolve the phase chain: l1 from scratch, perceptual from models/l1/model.pt, adversarial from
-    models/perceptual/model.pt, modified@variant (``apply_variant``) from models/adversarial/model.pt."""
-    from ..models import apply_variant
+    """Resolve the phase chain of :data:`retina_sr.phases.PHASES`: a phase starts from its previous
+    phase's ``model.pt`` (none for the first); a variant phase applies ``train.variants.<variant>`` to
+    ``model`` (:func:`~retina_sr.models.apply_variant`)."""
+    from ..models.lapsrn import apply_variant
 
     root = Path(root)
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
-    if phase == "modified":
-        variants = params.train.modified.variants
+    p = phases.get(phase)
+    if p.variants:
+        variants = params.train.variants
         if not variant:
-            raise ValueError(f"--phase modified needs --variant (one of {sorted(variants)})")
+            raise ValueError(f"--phase {p.name} needs --variant (one of {sorted(variants)})")
         if variant not in variants:
-            raise ValueError(f"variant {variant!r} is not in train.modified.variants (have {sorted(variants)})")
+            raise ValueError(f"variant {variant!r} is not in {phases.VARIANTS_KEY} (have {sorted(variants)})")
         model_cfg = apply_variant(params.model, variants[variant])
     else:
         if variant:
-            raise ValueError(f"--variant is only for --phase modified (got phase {phase!r})")
+            raise ValueError(f"--variant is only for --phase {' / '.join(q.name for q in phases.PHASES if q.variants)}"
+                             f" (got phase {p.name!r})")
         model_cfg = params.model
-    prev = _PREVIOUS.get(phase)
     return PhasePlan(
-        phase=phase,
+        phase=p.name,
         variant=variant,
         model_cfg=model_cfg,
-        cfg=getattr(params.train, phase),
-        out_dir=root / paths.phase_dir(phase, variant),
-        init_from=(root / paths.phase_dir(prev) / "model.pt") if prev else None,
-        partial_init=phase == "modified",
-        stage=dvc_stage_name(phase, variant),
+        cfg=getattr(params.train, p.name),
+        out_dir=root / paths.phase_dir(p.name, variant),
+        init_from=(root / paths.model_file(p.previous)) if p.previous else None,
+        partial_init=p.partial_init,
+        stage=phases.stage_name(p.name, variant),
         root=root,
     )
+
+
+def stage_fingerprint(params: Params, plan: PhasePlan, data_hash: str, init: dict[str, Any] | None) -> str:
+    """What a resume state belongs to: the values of every parameter the stage depends on
+    (:func:`retina_sr.phases.stage_params`, the same keys ``dvc.yaml`` lists), the variant's
+    architecture, the training data and the checkpoint the phase started from."""
+    return fingerprint({
+        "stage": plan.stage,
+        "params": {k: params.value(k) for k in phases.stage_params(plan.phase, plan.variant)},
+        "model": plan.model_cfg.model_dump(mode="json"),
+        "data_hash": data_hash,
+        "init_sha256": init["sha256"] if init else None,
+    })
 
 
 # ------------------------------------------------------------------------------------ components
@@ -137,8 +145,9 @@ def init_weights(model: nn.Module, path: Path, partial: bool, levels: int) -> di
 
     if not path.is_file():
         prev = path.parent.name
+        stage = phases.stage_name(prev) if prev in phases.NAMES else "<its stage>"
         raise FileNotFoundError(f"{path} not found: this phase starts from the '{prev}' phase's model; "
-                                f"run its stage first (dvc repro train_{prev} / snakemake {path})")
+                                f"run its stage first (dvc repro {stage} / snakemake {path})")
     ckpt = read_checkpoint(path)
     if int(ckpt["meta"].get("levels", -1)) != levels:
         raise CheckpointError(f"{path} has {ckpt['meta'].get('levels')} pyramid levels, this study needs {levels} "
@@ -174,9 +183,9 @@ def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int,
             return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps))
     elif kind == "step":
         def decay(k: int) -> float:
-            return 0.5 ** (k // max(1, steps // 4))
+            return float(0.5 ** (k // max(1, steps // 4)))
     else:
-        raise ValueError(f"unknown train.lr_schedule {kind!r}: use 'cosine' or 'step'")
+        raise ValueError(f"unknown train.loop.lr_schedule {kind!r}: use 'cosine' or 'step'")
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup) * decay(k) if warmup else decay(k))
 
 
@@ -187,7 +196,8 @@ def _clip(module: nn.Module, max_norm: float | None) -> torch.Tensor | None:
     return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm).detach()
 
 
-def _module_with(template: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def module_with(template: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``template`` holding ``state``."""
     m = copy.deepcopy(template)
     m.load_state_dict(state)
     return m
@@ -197,19 +207,16 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _data_hash(train_file: Path) -> str:
-    return file_sha256(train_file)
-
-
 # ------------------------------------------------------------------------------------- training
-class _Run:
-    """Mutable training state of one phase (everything ``last.pt`` stores)."""
+class TrainingRun:
+    """Mutable training state of one phase (everything ``last.pt`` stores) and its step."""
 
     def __init__(self, params: Params, plan: PhasePlan, device: torch.device, train: PatchSet) -> None:
-        from ..models import Discriminator, build_model
+        from ..models.discriminator import Discriminator
+        from ..models.lapsrn import build_model
 
-        t = params.train
-        self.params, self.plan, self.device = params, plan, device
+        t = params.train.loop
+        self.params, self.plan, self.device, self.loop = params, plan, device, t
         self.scales = list(params.data.scales)
         self.levels = params.data.levels
         self.cuda = device.type == "cuda"
@@ -218,22 +225,25 @@ class _Run:
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
 
         seed_everything(params.seed)
-        self.model = build_model(plan.model_cfg, self.levels).to(device, memory_format=mf)
+        self.model = build_model(plan.model_cfg, self.levels).to(device, memory_format=mf)  # type: ignore[call-overload]
         self.init: dict[str, Any] | None = None
         if plan.init_from is not None:
             self.init = init_weights(self.model, plan.init_from, plan.partial_init, self.levels)
         # A variant that inherits only part of its weights first catches up on the Charbonnier budget of
-        # the main line (train.l1.steps, pixel loss only), then runs its own steps with the full loss set:
-        # it is compared with the unmodified model at an equal training budget, not after a few steps
-        # from mostly random weights.
-        self.pretrain = t.l1.steps if plan.partial_init and self.init is not None and self.init["skipped"] else 0
+        # the main line (train.<catch_up>.steps, pixel loss only), then runs its own steps with the full
+        # loss set: it is compared with the unmodified model at an equal training budget, not after a few
+        # steps from mostly random weights.
+        catch_up = phases.get(plan.phase).catch_up
+        inherits_part = plan.partial_init and self.init is not None and self.init["skipped"]
+        self.pretrain = getattr(params.train, catch_up).steps if catch_up and inherits_part else 0
         self.total_steps = self.pretrain + plan.cfg.steps
         self.spec = loss_spec(params, plan.phase)
         self.losses = PhaseLosses(self.spec).to(device)
         self.disc: nn.Module | None = None
-        self.opt_d = self.sched_d = None
+        self.opt_d: torch.optim.Optimizer | None = None
+        self.sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
         if self.spec.adversarial is not None:
-            self.disc = Discriminator(self.spec.adversarial.discriminator).to(device, memory_format=mf)
+            self.disc = Discriminator(self.spec.adversarial.discriminator).to(device, memory_format=mf)  # type: ignore[call-overload]
             self.opt_d = build_optimizer(self.disc, self.spec.adversarial.lr_d)
             self.sched_d = build_scheduler(self.opt_d, t.lr_schedule, self.total_steps, t.warmup_steps)
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay is not None else None
@@ -249,10 +259,11 @@ class _Run:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.last_psnr: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}
-        self.acc: dict[str, float] = {}
+        self.acc: dict[str, torch.Tensor] = {}
         self.acc_n = 0
         self.train_seconds = 0.0
         self.run_id: str | None = None
+        self._t0 = time.perf_counter()
 
     # -- eval weights
     @property
@@ -262,7 +273,7 @@ class _Run:
     # -- one optimisation step
     def train_step(self) -> dict[str, torch.Tensor]:
         """One generator (+ discriminator) update; returns the detached loss terms (no host sync)."""
-        t = self.params.train
+        t = self.loop
         zoom = self.scales[self.step % len(self.scales)]
         idx = self.sampler.next()
         fov_np = self.train_data.fov[idx] if self.train_data.fov is not None and self.spec.uses_fov else None
@@ -278,7 +289,7 @@ class _Run:
             self.disc.requires_grad_(False)  # the generator step does not train D
         pixel_only = self.step < self.pretrain
         with autocast(self.device, self.amp):
-            outs = self.model(lr, n_up=int(math.log2(zoom)))
+            outs = self.model(lr, n_up=levels_for_zoom(zoom))
             loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain, pixel_only)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
@@ -287,7 +298,7 @@ class _Run:
             terms["grad_norm"] = gn
         self.opt_g.step()
         self.sched_g.step()
-        if self.disc is not None and not pixel_only:
+        if self.disc is not None and self.opt_d is not None and self.sched_d is not None and not pixel_only:
             self.disc.requires_grad_(True)
             with autocast(self.device, self.amp):
                 d_loss, d_terms = self.losses.discriminator(outs[-1].detach().float(), hr, self.disc)
@@ -320,7 +331,52 @@ class _Run:
         self.history.setdefault(self.step, {}).update(row)
         return row
 
+    # -- boundary work: log, validate, checkpoint
+    def at_boundary(self) -> bool:
+        s, t = self.step, self.loop
+        return s % t.log_every == 0 or s % t.val_every == 0 or s % t.checkpoint_every == 0 or s == self.total_steps
+
+    def boundary(self, val: PatchSet, last_path: Path, fp: str, report: Callable[[dict[str, float], int], None] | None,
+                 say: Callable[[str], None]) -> dict[str, float]:
+        """Log the mean losses; validate (every ``val_every`` and last step), keep the best weights in
+        memory; save ``last.pt`` (every ``checkpoint_every`` and last step). The time spent here is not
+        training time. Returns the logged metrics (``report(metrics, step)`` receives them too)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.train_seconds += time.perf_counter() - self._t0
+        t, step, last = self.loop, self.step, self.step == self.total_steps
+        metrics = self.flush_log()
+        if step % t.val_every == 0 or last:
+            psnr = validate(self.eval_model, val, self.scales, self.device, t.batch_size, self.amp, self.channels_last)
+            self.last_psnr = psnr
+            vrow = {f"val_psnr_{k}": v for k, v in psnr.items()}
+            self.history[step].update(vrow)
+            metrics = {**metrics, **vrow}
+            if psnr["mean"] > self.best_val:  # kept in memory and in last.pt; model.pt only at the end
+                self.best_val, self.best_step, self.best_psnr = psnr["mean"], step, psnr
+                self.best_state = _cpu_state(self.eval_model)
+            say(f"[train {self.plan.name}] step {step}: val PSNR " + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())
+                + f" (best {self.best_val:.2f} @ {self.best_step})")
+        if report is not None:
+            report(metrics, step)
+        if step % t.checkpoint_every == 0 or last:
+            save_state(last_path, self.state_dict(fp))
+        self._t0 = time.perf_counter()
+        return metrics
+
     # -- resume state
+    def resume(self, last_path: Path, fp: str) -> int | None:
+        """Continue from ``last_path`` when it belongs to this configuration (``fp``); returns its step."""
+        state = load_state(last_path)
+        if state is None:
+            return None
+        if state.get("fingerprint") != fp:
+            log.info("[train %s] %s belongs to another configuration or data; starting over", self.plan.name, last_path)
+            return None
+        self.load_state_dict(state)
+        log.info("[train %s] resuming from %s at step %d/%d", self.plan.name, last_path, self.step, self.total_steps)
+        return self.step
+
     def state_dict(self, fp: str) -> dict[str, Any]:
         return {
             "fingerprint": fp,
@@ -354,7 +410,7 @@ class _Run:
         self.model.load_state_dict(s["model"])
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
-        if self.disc is not None:
+        if self.disc is not None and self.opt_d is not None and self.sched_d is not None:
             self.disc.load_state_dict(s["disc"])
             self.opt_d.load_state_dict(s["opt_d"])
             self.sched_d.load_state_dict(s["sched_d"])
@@ -373,62 +429,15 @@ class _Run:
         restore_rng(s["rng"])  # last: everything above may have consumed random numbers
 
 
-def _fingerprint(params: Params, plan: PhasePlan, data_hash: str, init: dict[str, Any] | None) -> str:
-    t = params.train.model_dump(mode="json")
-    phase_sections = {"l1": ["l1"], "perceptual": ["perceptual"], "adversarial": ["perceptual", "adversarial"],
-                      "modified": ["perceptual", "adversarial", "modified"]}[plan.phase]
-    common = {k: v for k, v in t.items() if k not in ("l1", "perceptual", "adversarial", "modified")}
-    for k in ("log_every",):  # presentation only
-        common.pop(k, None)
-    return fingerprint({
-        "phase": plan.phase, "variant": plan.variant, "seed": params.seed,
-        "scales": params.data.scales, "model": plan.model_cfg.model_dump(mode="json"),
-        "train": common, "sections": {k: t[k] for k in phase_sections},
-        "data_hash": data_hash, "init_sha256": init["sha256"] if init else None,
-    })
-
-
-def _write_plots(path: Path, history: dict[int, dict[str, float]], scales: list[int]) -> None:
-    """``plots.csv``: one row per logged step; loss terms, lr, val PSNR per zoom (empty when not validated)."""
-    keys: list[str] = []
-    for row in history.values():
-        for k in row:
-            if k not in keys:
-                keys.append(k)
-    val_cols = [f"val_psnr_x{s}" for s in scales] + ["val_psnr_mean"]
-    first = ["loss", "pixel", "ridge", "perceptual", "saliency", "adv_g", "d", "d_acc", "grad_norm", "lr"]
-    cols = ["step"] + [k for k in first if k in keys] + sorted(k for k in keys if k not in first and k not in val_cols) \
-        + [k for k in val_cols if k in keys]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for step in sorted(history):
-            row = history[step]
-            w.writerow([step] + [("" if row.get(c) is None else f"{row[c]:.6g}") for c in cols[1:]])
-    tmp.replace(path)
-
-
-def _checkpoint_meta(params: Params, plan: PhasePlan, run: _Run, data_hash: str) -> dict[str, Any]:
-    return {
-        "model": plan.model_cfg.model_dump(mode="json"),
-        "levels": run.levels,
-        "scales": list(params.data.scales),
-        "phase": plan.phase,
-        "variant": plan.variant,
-        "step": run.best_step,
-        "study": params.study,
-        "data_hash": data_hash,
-        "ema": run.ema is not None,
-        "val_psnr": run.best_psnr.get("mean"),
-        "val_psnr_per_zoom": {k: v for k, v in run.best_psnr.items() if k != "mean"},
-        "init_from": None if run.init is None else {k: run.init[k] for k in ("path", "sha256", "loaded", "skipped", "unused")},
-        "pretrain_steps": run.pretrain,
-        "steps": run.total_steps,
-        "seed": params.seed,
-        "params_digest": params.digest(),
-        "git_commit": git_commit(plan.root),
-    }
+def _load_data(params: Params, root: Path) -> tuple[PatchSet, PatchSet, str]:
+    """Training and validation patches (checked against each other) and the training file's sha256."""
+    t = params.train.loop
+    train_file, val_file = root / paths.patches_file("train"), root / paths.patches_file("val")
+    train = load_patches(train_file, params.data.scales)
+    val = load_patches(val_file, params.data.scales, limit=t.max_val_patches)
+    if train.crop != val.crop:
+        raise ValueError(f"{train_file} has {train.crop}px patches but {val_file} has {val.crop}px: rerun 'patches'")
+    return train, val, file_sha256(train_file)
 
 
 def train_phase(
@@ -444,211 +453,41 @@ def train_phase(
     """Train one phase (and variant) and write ``models/<phase>/`` under ``root``.
 
     Writes ``model.pt`` (best mean val PSNR; EMA weights when EMA is on), ``metrics.json`` and
-    ``plots.csv``, and the resume state ``models/.resume/<stage>/last.pt`` (:func:`paths.resume_file`); with ``track`` one MLflow run (see
-    :mod:`retina_sr.tracking`). A matching ``last.pt`` is resumed. ``on_step(step)`` is called after
-    every completed step (progress hooks, tests).
+    ``plots.csv``, and the resume state ``models/.resume/<stage>/last.pt`` (:func:`paths.resume_file`);
+    with ``track`` one MLflow run (:class:`.outputs.PhaseTracker`). A matching ``last.pt`` is resumed.
+    ``on_step(step)`` is called after every completed step (progress hooks, tests).
     """
     from tqdm.auto import tqdm
 
+    from .outputs import PhaseTracker, finish, prepare_outputs
+
     root = Path(root)
     plan = plan_phase(params, phase, variant, root)
-    t = params.train
-    device = pick_device(t.device)
-    train_file, val_file = root / paths.patches_file("train"), root / paths.patches_file("val")
-    train = load_patches(train_file, params.data.scales)
-    val = load_patches(val_file, params.data.scales, limit=t.max_val_patches)
-    if train.crop != val.crop:
-        raise ValueError(f"{train_file} has {train.crop}px patches but {val_file} has {val.crop}px: rerun 'patches'")
-    data_hash = _data_hash(train_file)
-    run = _Run(params, plan, device, train)
-    fp = _fingerprint(params, plan, data_hash, run.init)
-    out = plan.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    last_path = root / paths.resume_file(plan.phase, plan.variant)
-    last_path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_products(out, last_path.parent)
+    device = pick_device(params.train.loop.device)
+    train, val, data_hash = _load_data(params, root)
+    run = TrainingRun(params, plan, device, train)
+    fp = stage_fingerprint(params, plan, data_hash, run.init)
+    last_path = prepare_outputs(plan)
+    resumed_from = run.resume(last_path, fp)
 
-    resumed_from: int | None = None
-    state = load_state(last_path)
-    if state is not None:
-        if state.get("fingerprint") == fp:
-            run.load_state_dict(state)
-            resumed_from = run.step
-            print(f"[train {plan.name}] resuming from {last_path} at step {run.step}/{run.total_steps}")
-        else:
-            print(f"[train {plan.name}] {last_path} belongs to another configuration or data; starting over")
-    del state
-
-    tracker = _Tracker(params, plan, run, device, data_hash, resumed_from, root) if track else None
-    try:
-        if tracker is not None:
-            tracker.start()
-        steps = run.total_steps
-        if run.pretrain:
-            print(f"[train {plan.name}] {run.init['skipped']} of {run.init['loaded'] + run.init['skipped']} tensors "
-                  f"start from initialisation: {run.pretrain} Charbonnier steps (train.l1.steps) before "
-                  f"{plan.cfg.steps} steps with the phase's full loss set")
-        bar = tqdm(total=steps, initial=run.step, desc=f"train {plan.name}", disable=not progress,
-                   mininterval=2.0, dynamic_ncols=True)
-
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        t0 = time.perf_counter()
-        while run.step < steps:
-            terms = run.train_step()
-            run.accumulate(terms)
+    with ExitStack() as stack:
+        tracker = stack.enter_context(PhaseTracker(params, plan, run, device, data_hash, resumed_from)) if track else None
+        if run.pretrain and run.init is not None:
+            log.info("[train %s] %d of %d tensors start from initialisation: %d Charbonnier steps (train.%s.steps) "
+                     "before %d steps with the phase's full loss set", plan.name, run.init["skipped"],
+                     run.init["loaded"] + run.init["skipped"], run.pretrain, phases.get(plan.phase).catch_up,
+                     plan.cfg.steps)
+        bar = stack.enter_context(tqdm(total=run.total_steps, initial=run.step, desc=f"train {plan.name}",
+                                       disable=not progress, mininterval=2.0, dynamic_ncols=True))
+        report = tracker.log if tracker is not None else None
+        run._t0 = time.perf_counter()
+        while run.step < run.total_steps:
+            run.accumulate(run.train_step())
             bar.update(1)
-            step = run.step
-            boundary = step % t.log_every == 0 or step % t.val_every == 0 or step % t.checkpoint_every == 0 or step == steps
-            if boundary:
-                sync()
-                run.train_seconds += time.perf_counter() - t0
-                row = run.flush_log()
+            if run.at_boundary():
+                row = run.boundary(val, last_path, fp, report, bar.write)
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", refresh=False)
-                metrics = dict(row)
-                if step % t.val_every == 0 or step == steps:
-                    psnr = validate(run.eval_model, val, run.scales, device, t.batch_size, run.amp, run.channels_last)
-                    run.last_psnr = psnr
-                    vrow = {f"val_psnr_{k}": v for k, v in psnr.items()}
-                    run.history[step].update(vrow)
-                    metrics.update(vrow)
-                    if psnr["mean"] > run.best_val:  # kept in memory and in last.pt; model.pt only at the end
-                        run.best_val, run.best_step, run.best_psnr = psnr["mean"], step, psnr
-                        run.best_state = _cpu_state(run.eval_model)
-                    bar.write(f"[train {plan.name}] step {step}: val PSNR " +
-                              ", ".join(f"{k} {v:.2f}" for k, v in psnr.items()) + f" (best {run.best_val:.2f} @ {run.best_step})")
-                if tracker is not None:
-                    tracker.log(metrics, step)
-                if step % t.checkpoint_every == 0 or step == steps:
-                    save_state(last_path, run.state_dict(fp))
-                t0 = time.perf_counter()
             if on_step is not None:
-                on_step(step)
+                on_step(run.step)
         bar.close()
-        result = _finish(params, plan, run, val, data_hash, resumed_from, tracker)
-    except BaseException:
-        if tracker is not None:
-            tracker.close(failed=True)
-        raise
-    if tracker is not None:
-        tracker.close(failed=False)
-    return result
-
-
-def _clear_products(out: Path, resume_dir: Path) -> None:
-    """A starting stage removes its own previous products and orphan ``*.tmp`` files of a killed write.
-
-    ``model.pt``, ``metrics.json`` and ``plots.csv`` are written only when the stage finishes, so a
-    stage killed mid-run leaves no file that looks like a finished model (the resume state in
-    ``models/.resume`` is enough to continue).
-    """
-    for name in ("model.pt", "metrics.json", "plots.csv"):
-        (out / name).unlink(missing_ok=True)
-    for d in (out, resume_dir):
-        for tmp in d.glob("*.tmp"):
-            tmp.unlink()
-
-
-def _finish(params: Params, plan: PhasePlan, run: _Run, val: PatchSet, data_hash: str,
-            resumed_from: int | None, tracker: _Tracker | None) -> TrainResult:
-    """Write model.pt (from the best weights), metrics.json, plots.csv; log artifacts."""
-    from ..models.checkpoint import save_model
-
-    out = plan.out_dir
-    if run.best_state is None:  # cannot happen: the last step always validates
-        raise RuntimeError(f"[train {plan.name}] no validated weights to save")
-    best = _module_with(run.eval_model, {k: v.to(run.device) for k, v in run.best_state.items()})
-    save_model(out / "model.pt", best, _checkpoint_meta(params, plan, run, data_hash))
-    steps_per_s = run.step / run.train_seconds if run.train_seconds > 0 else float("nan")
-    metrics: dict[str, Any] = {
-        "best_step": run.best_step,
-        "val_psnr": {k: round(v, 4) for k, v in run.best_psnr.items()},
-        "final_val_psnr": {k: round(v, 4) for k, v in run.last_psnr.items()},
-        "steps": run.step,
-        "steps_per_s": round(steps_per_s, 4),
-        "batch_size": params.train.batch_size,
-        "crop": run.train_data.crop,
-    }
-    if run.init is not None:
-        metrics["init_loaded"] = run.init["loaded"]
-        metrics["init_skipped"] = run.init["skipped"]
-        metrics["pretrain_steps"] = run.pretrain
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_plots(out / "plots.csv", run.history, run.scales)
-    if tracker is not None:
-        tracker.finish(best, val, metrics, out / "model.pt")
-    return TrainResult(out_dir=out, best_step=run.best_step, val_psnr=dict(run.best_psnr),
-                       final_val_psnr=dict(run.last_psnr), steps_per_s=steps_per_s, resumed_from=resumed_from,
-                       run_id=run.run_id, init=run.init, metrics=metrics)
-
-
-class _Tracker:
-    """The MLflow run of one phase: started (or resumed) with tags, then metrics and artifacts."""
-
-    def __init__(self, params: Params, plan: PhasePlan, run: _Run, device: torch.device, data_hash: str,
-                 resumed_from: int | None, root: Path) -> None:
-        self.params, self.plan, self.run, self.device = params, plan, run, device
-        self.data_hash, self.resumed_from, self.root = data_hash, resumed_from, root
-        self._cm = None
-
-    def start(self) -> None:
-        from .. import tracking
-
-        manifest = self.root / paths.PROCESSED_MANIFEST
-        tags = {
-            "phase": self.plan.phase,
-            "variant": self.plan.variant,
-            "dvc_stage": self.plan.stage,
-            "data_hash": self.data_hash,
-            "data_manifest_sha256": file_sha256(manifest) if manifest.is_file() else "absent",
-            "device": device_name(self.device),
-            "vgg_weights": self.run.losses.vgg_description,
-            "resumed_from_step": self.resumed_from,
-        }
-        if self.run.init is not None:
-            tags.update({"init_from": self.run.init["path"], "init_sha256": self.run.init["sha256"],
-                         "init_loaded": self.run.init["loaded"], "init_skipped": self.run.init["skipped"]})
-        run_name = f"train_{self.plan.phase}" + (f"_{self.plan.variant}" if self.plan.variant else "")
-        self._cm = tracking.start_run(self.params, self.params.mlflow.experiment, run_name, tags,
-                                      run_id=self.run.run_id, root=self.root)
-        active = self._cm.__enter__()
-        self.run.run_id = active.info.run_id
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        from .. import tracking
-
-        tracking.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
-
-    def finish(self, best: nn.Module, val: PatchSet, metrics: dict[str, Any], model_path: Path) -> None:
-        from .. import tracking
-        from ..data.io import write_image
-
-        summary = {"best_step": metrics["best_step"], "steps_per_s": metrics["steps_per_s"]}
-        summary.update({f"best_val_psnr_{k}": v for k, v in metrics["val_psnr"].items()})
-        tracking.log_metrics(summary)
-        with tempfile.TemporaryDirectory() as tmp:
-            grid = Path(tmp) / f"val_grid_{self.plan.phase}{'_' + self.plan.variant if self.plan.variant else ''}.png"
-            write_image(grid, val_grid(best, val, self.run.scales, self.device, amp=self.run.amp))
-            tracking.log_artifact(grid, "validation")
-        tracking.log_artifact(model_path, "checkpoint")
-        tracking.log_artifact(model_path.parent / "metrics.json", "checkpoint")
-        name = self.params.mlflow.registered_model
-        version = tracking.register_model(
-            name, "checkpoint", {"phase": self.plan.phase, "variant": self.plan.variant, "study": self.params.study,
-                                 "dvc_stage": self.plan.stage},
-            f"{self.plan.name} model of the {self.params.study} study (best validation step {metrics['best_step']})")
-        tracking.set_tags({"registered_model": f"models:/{name}/{version}"})
-        print(f"[train {self.plan.name}] registered as models:/{name}/{version}")
-
-    def close(self, failed: bool) -> None:
-        if self._cm is None:
-            return
-        cm, self._cm = self._cm, None
-        if failed:
-            import sys
-
-            cm.__exit__(*sys.exc_info())
-        else:
-            cm.__exit__(None, None, None)
+        return finish(params, plan, run, val, data_hash, resumed_from, tracker)

@@ -1,13 +1,12 @@
 """Validation during training: PSNR per zoom on ``val.npz`` and a comparison grid image.
 
-PSNR (peak 1.0) is computed per patch on the model's last output clamped to [0, 1], against the HR
-patch, over the whole patch, and averaged over patches; the reported ``mean`` is the mean over
+PSNR (peak 1.0, :func:`retina_sr.evaluation.metrics.psnr_pt`) is computed per patch on the model's last
+output clamped to [0, 1], against the HR patch, over the whole patch, and averaged over patches; the reported ``mean`` is the mean over
 zooms (the model selection criterion of the trainer).
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 
 import cv2
@@ -15,9 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import PatchSet, to_tensor
+from ..config import levels_for_zoom
+from ..evaluation.metrics import psnr_pt
+from ..models.tensors import to_tensor
+from .data import PatchSet
 
-__all__ = ["psnr", "validate", "val_grid", "autocast"]
+__all__ = ["validate", "val_grid", "autocast"]
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -27,17 +29,11 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [0, 1]: ``10 log10(1 / MSE)`` (shape (N,))."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(eps))
-
-
 @torch.no_grad()
 def predict(model: nn.Module, lr: torch.Tensor, zoom: int, amp: bool = False) -> torch.Tensor:
     """The model's output for zoom ``zoom`` (``n_up = log2(zoom)``), clamped to [0, 1], in fp32."""
     with autocast(lr.device, amp):
-        out = model(lr, n_up=int(math.log2(zoom)))[-1]
+        out = model(lr, n_up=levels_for_zoom(zoom))[-1]
     return out.float().clamp_(0.0, 1.0)
 
 
@@ -54,7 +50,7 @@ def validate(model: nn.Module, val: PatchSet, scales: list[int], device: torch.d
             for i in range(0, len(val), batch_size):
                 lr = to_tensor(val.lr[s][i : i + batch_size], device, channels_last)
                 hr = to_tensor(val.hr[i : i + batch_size], device)
-                values.append(psnr(predict(model, lr, s, amp), hr).cpu())
+                values.append(psnr_pt(predict(model, lr, s, amp), hr).cpu())
             out[f"x{s}"] = float(torch.cat(values).mean())
     finally:
         model.train(was_training)
