@@ -59,6 +59,11 @@ lint: venv
 	$(BIN)/mypy
 
 ui: venv
+	@MLFLOW_TRACKING_URI='$(MLFLOW_TRACKING_URI)' $(BIN)/python -c "import os; from mlflow import MlflowClient; from retina_sr.tracking import UI_QUERY; \
+	exps = [e for e in MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments() if e.name != 'Default']; \
+	print('MLflow UI, each experiment on its runs table (model-training layout):'); \
+	[print(f'  {e.name}: http://127.0.0.1:5000/#/experiments/{e.experiment_id}{UI_QUERY}') for e in exps]; \
+	exps or print(f'  http://127.0.0.1:5000/#/experiments{UI_QUERY} (no study run yet)')" 2>/dev/null || true
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 bench: venv

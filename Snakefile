@@ -6,6 +6,13 @@
 #   snakemake --cores 8 evaluate --config study=full                              # = dvc exp run -S study=full
 #   snakemake --cores 8 evaluate --config study=real overrides='train.l1.steps=100 seed=7'
 # The composition is written to .snakemake/retina-sr/params-<digest>.yaml and passed to every stage.
+#
+# GPUs: a training job declares `gpu` = train.loop.devices (0 when train.loop.device is cpu), and a local run
+# has that many GPUs by default, so one training job holds the GPU(s) at a time however many --cores are
+# given (three variants on one GPU would each run at a third of the speed, or run out of memory). To run
+# jobs side by side on purpose (more GPUs, or variants that fit together): --resources gpu=N. A cluster
+# executor (profiles/slurm) leaves the count to the scheduler. `evaluate` takes all --cores: its scoring
+# runs in that many worker processes (--threads = workers).
 import hashlib
 import json
 import os
@@ -13,6 +20,7 @@ import shlex
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 
 from retina_sr import paths, phases
 from retina_sr.config import compose_yaml, params_from_dict
@@ -41,6 +49,13 @@ check_inputs(P.data)
 
 VARIANTS = sorted(P.train.variants)
 TRAIN_THREADS = 2
+TRAIN_GPUS = 0 if P.train.loop.device == "cpu" else P.train.loop.devices
+if workflow.local_exec and "gpu" not in workflow.global_resources:  # --resources gpu=N overrides
+    workflow.register_resource("gpu", max(TRAIN_GPUS, 1))
+try:
+    ALL_CORES = workflow.cores  # --cores N (`all`: the machine's)
+except WorkflowError:  # a cluster executor without --cores: profiles/slurm sets evaluate's threads (set-threads)
+    ALL_CORES = TRAIN_THREADS
 STAGE = "python workflow/scripts/{stage}.py --params " + shlex.quote(str(PARAMS_FILE)) + " --threads {{threads}}"
 
 
@@ -98,7 +113,9 @@ rule evaluate:
         "logs/evaluate.log",
     params:
         **pick("seed", "data.scales", "data.patches", "evaluate", "train.loop.device", phases.VARIANTS_KEY, "mlflow"),
-    threads: TRAIN_THREADS
+    threads: ALL_CORES  # ~5,000 CPU scorings (images x models x zooms) in --threads worker processes
+    resources:
+        gpu=min(TRAIN_GPUS, 1),  # the models run on one device
     shell:
         STAGE.format(stage="evaluate") + " 2> {log:q}"
 
@@ -173,6 +190,8 @@ for _ph in phases.PHASES:
                 variant_config=lambda wc: json.dumps(P.value(f"{phases.VARIANTS_KEY}.{wc.variant}"), sort_keys=True),
                 phase=_ph.name,  # not a study parameter: the shell command reads it (a loop variable would not keep)
             threads: TRAIN_THREADS
+            resources:
+                gpu=TRAIN_GPUS,
             shell:
                 STAGE.format(stage="train") + " --phase {params.phase} --variant {wildcards.variant:q} 2> {log:q}"
     else:
@@ -191,5 +210,7 @@ for _ph in phases.PHASES:
                 **pick(*phases.stage_params(_ph.name)),
                 phase=_ph.name,  # not a study parameter: the shell command reads it (a loop variable would not keep)
             threads: TRAIN_THREADS
+            resources:
+                gpu=TRAIN_GPUS,
             shell:
                 STAGE.format(stage="train") + " --phase {params.phase} 2> {log:q}"

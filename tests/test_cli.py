@@ -76,3 +76,66 @@ def test_overview_examples_parse():
             PARSER.parse_args(shlex.split(example)[1:])
         except SystemExit as err:
             pytest.fail(f"{example!r} does not parse (exit {err.code})")
+
+
+# ------------------------------------------------ errors: the CLI and the stages map them the same way
+def _errors():
+    from retina_sr.config import ConfigError
+    from retina_sr.data.io import OutputConflictError
+    from retina_sr.data.kaggle import KaggleError
+    from retina_sr.data.preprocess import TooFewImagesError
+
+    return [(OutputConflictError("data/raw/a.png: move it out"), 2), (KaggleError("no kaggle.json"), 2),
+            (TooFewImagesError("2 images"), 2), (ConfigError("train.l1.steps: must be > 0"), 2),
+            (FileNotFoundError("data/patches missing"), 2), (RuntimeError("CUDA error"), 1), (OSError("disk full"), 1)]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_cli_and_stage_give_the_same_exit_status_and_one_line(index, tmp_path, monkeypatch, capsys):
+    """`retina-sr train` runs the train stage: an error leaves both with the status of runtime.exit_code
+    (before, an output in the way, Kaggle and too-few-images errors were 1 in the CLI and 2 in the stage)."""
+    from pathlib import Path
+
+    import retina_sr.training.stage as stage_mod
+    from retina_sr.cli import main
+    from retina_sr.stages import main as stage_main
+
+    err, expected = _errors()[index]
+
+    def fail(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(stage_mod, "train", fail)
+    params = str(Path(__file__).resolve().parents[1] / "params.yaml")
+    argv = ["--phase", "l1", "--params", params, "--threads", "1", "--root", str(tmp_path)]
+    assert stage_main("train", argv) == expected
+    capsys.readouterr()
+    assert main(["train", *argv]) == expected
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [f"retina-sr train: error: {err}"]
+
+
+def test_cli_shows_a_bug_with_its_traceback(monkeypatch):
+    from pathlib import Path
+
+    import retina_sr.training.stage as stage_mod
+    from retina_sr.cli import main
+
+    def bug(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(stage_mod, "train", bug)
+    with pytest.raises(KeyError):
+        main(["train", "--phase", "l1", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml"), "--threads", "1"])
+
+
+def test_help_does_not_import_torch():
+    """`retina-sr --help` builds every sub-command's parser; torch (seconds to import) loads only when a
+    command runs (lazy package __init__s, imports inside the command functions)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from retina_sr.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'cv2', 'mlflow', 'pandas') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr

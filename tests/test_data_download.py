@@ -239,11 +239,11 @@ def test_stage_scripts(tmp_path):
         r = subprocess.run([env_py, str(ROOT / "workflow" / "scripts" / f"{stage}.py"), "--params", "params.yaml",
                             "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-    assert (tmp_path / "data" / "patches" / "train.npz").is_file()
+    assert (tmp_path / "data" / "patches" / "train.npy").is_file()
     (tmp_path / "data" / "raw" / "skimage_retina.png").write_bytes(b"junk")  # break one image
     r = subprocess.run([env_py, str(ROOT / "workflow" / "scripts" / "preprocess.py"), "--params", "params.yaml"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "rejected skimage_retina" in r.stdout
+    assert r.returncode == 0 and "rejected skimage_retina" in r.stderr  # stage messages: logging on stderr
 
 
 def test_rerun_after_an_interrupted_run_replaces_only_identical_files(tmp_path, monkeypatch):

@@ -78,7 +78,24 @@ def _make_7z_volumes(srv: Path, n_img: int = 6, n_parts: int = 5) -> list[str]:
     return names
 
 
-def test_multivolume_7z_end_to_end(tmp_path, monkeypatch):
+SEVEN_ZIP = kg.seven_zip_binary()
+
+
+@pytest.mark.parametrize("extractor", [
+    pytest.param("binary", marks=pytest.mark.skipif(SEVEN_ZIP is None, reason="no 7-Zip program (7zz/7z/7za) on PATH: "
+                                                    "apt-get install 7zip (or p7zip-full) to test the binary path")),
+    "py7zr",
+])
+def test_multivolume_7z_end_to_end(tmp_path, monkeypatch, caplog, extractor):
+    """The volumes' selected members are extracted by a 7-Zip program when there is one (py7zr then never
+    extracts), else by py7zr; the stage log says which."""
+    import py7zr
+
+    caplog.set_level("INFO", logger=kg.__name__)
+    if extractor == "py7zr":
+        monkeypatch.setattr(kg, "seven_zip_binary", lambda: None)
+    else:
+        monkeypatch.setattr(py7zr.SevenZipFile, "extract", lambda *a, **k: pytest.fail("py7zr must not extract"))
     srv = tmp_path / "server"
     srv.mkdir()
     names = _make_7z_volumes(srv)
@@ -95,6 +112,10 @@ def test_multivolume_7z_end_to_end(tmp_path, monkeypatch):
     assert all(r["id"] in names and int(r["width"]) == 128 and r["source"] == "eyepacs" for r in rows)
     assert all(r["label"] == str(names.index(r["id"]) % 5) for r in rows)  # DR grade joined
     assert sorted(fake.calls) == sorted(["trainLabels.csv.zip"] + [f"train.zip.{i:03d}" for i in range(1, 6)])
+    used = [r.getMessage() for r in caplog.records if r.getMessage().startswith("extracted 3 members of train.zip.001")]
+    assert len(used) == 1 and (f"with {SEVEN_ZIP} (7-Zip" in used[0] if extractor == "binary" else "with py7zr" in used[0])
+    # only the selected members were extracted
+    assert sorted(f.stem for f in (tmp_path / "cache" / "extracted" / "train" / "train").iterdir()) == sorted(df["id"])
     # deterministic selection for the seed; nothing re-downloaded or re-extracted
     ext = tmp_path / "cache" / "extracted" / "train" / "train"
     mtimes = {f.name: f.stat().st_mtime_ns for f in ext.iterdir()}
@@ -105,6 +126,22 @@ def test_multivolume_7z_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "cache" / ".done" / "train.zip.003").unlink()
     kg.download_kaggle(p.data, tmp_path / "raw3", p.seed, fetcher=fake)
     assert fake.calls[-1] == "train.zip.003" and len(fake.calls) == 7
+
+
+@pytest.mark.skipif(SEVEN_ZIP is None, reason="no 7-Zip program (7zz/7z/7za) on PATH")
+def test_7z_program_failure_is_a_clear_error(tmp_path):
+    """Damaged data in a volume (the header, read by py7zr for the listing, intact): the 7-Zip program's
+    failure becomes a KaggleError that says what to delete."""
+    srv = tmp_path / "server"
+    srv.mkdir()
+    names = _make_7z_volumes(srv)
+    part = srv / "train.zip.002"
+    part.write_bytes(bytes(len(part.read_bytes())))  # zeros instead of compressed data
+    _labels_zip(srv / "trainLabels.csv.zip", names)
+    p = _params(tmp_path, "train", 6, min_free_gb=0.0)
+    with pytest.raises(kg.KaggleError, match=r"could not extract from .*train\.zip\.001 \(exit [1-9].*delete it"):
+        kg.download_kaggle(p.data, tmp_path / "raw", p.seed, fetcher=FakeServer(srv))
+    assert not list((tmp_path / "cache" / "extracted").glob("*.txt"))  # the member list is removed
 
 
 def test_concat_reader_seeks_across_parts(tmp_path):
@@ -148,6 +185,26 @@ def test_disk_space_check(tmp_path, monkeypatch):
     monkeypatch.setattr(kg.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100e9, 90e9, 10e9))
     with pytest.raises(kg.KaggleError, match="only 10 GB free"):
         kg.download_kaggle(p.data, tmp_path / "raw", 0, fetcher=lambda *a: pytest.fail("must not download"))
+
+
+def test_disk_space_check_counts_the_parts_already_downloaded(tmp_path, monkeypatch):
+    """min_free_gb is the whole archive's need: volumes already in the cache (complete, or the partial one
+    the client resumes) count towards it. Here 10 kB are needed, 3 kB are free and 8 kB are downloaded."""
+    srv = tmp_path / "server"
+    srv.mkdir()
+    names = _make_7z_volumes(srv)
+    _labels_zip(srv / "trainLabels.csv.zip", names)
+    p = _params(tmp_path, "train", 3, min_free_gb=10e-6)
+    monkeypatch.setattr(kg.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100e3, 97e3, 3e3))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "train.zip.001").write_bytes(bytes(5000))  # interrupted: no .done marker
+    with pytest.raises(kg.KaggleError, match=r"\(data.kaggle.min_free_gb\), 0 GB of it already downloaded"):
+        kg.download_kaggle(p.data, tmp_path / "raw", 0, fetcher=lambda *a: pytest.fail("must not download"))
+    (cache / "train.zip.002").write_bytes(bytes(3000))  # 8 kB in the cache: 2 kB more needed, 3 kB free
+    fake = FakeServer(srv)
+    rows = kg.download_kaggle(p.data, tmp_path / "raw", 0, fetcher=fake)
+    assert len(rows) == 3 and "train.zip.001" in fake.calls
 
 
 def test_no_credentials_message(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 
 from retina_sr.config import params_from_dict
 from retina_sr.data.io import write_image
-from retina_sr.data.patches import degrade, make_patches, run_patches, sample_crops
+from retina_sr.data.patches import degrade, make_patches, run_patches, sample_crops, save_patches
 from retina_sr.data.phantom import generate_phantom
 from retina_sr.data.preprocess import preprocess_image
 
@@ -92,7 +92,13 @@ def test_patches_formats_and_determinism(processed, tmp_path):
     cfg = _cfg(jpeg_quality=[80, 95])
     counts = run_patches(cfg, 3, processed, tmp_path / "a")
     assert counts == {"train": 6, "val": 3, "test_x1": 1, "test_x2": 1, "test_x4": 1}
-    tr = np.load(tmp_path / "a" / "train.npz")
+    assert not list((tmp_path / "a").glob(".*"))  # no partial file left behind
+    tr = np.load(tmp_path / "a" / "train.npy")  # one record per crop, uncompressed (mmap-able)
+    arrs = make_patches(pd.read_csv(processed, dtype=str, keep_default_na=False).query("split == 'train'"), cfg, 3, "train")
+    assert tr.dtype.names == tuple(arrs) == ("hr", "fov", "ids", "lr_x1", "lr_x2", "lr_x4")
+    for k, a in arrs.items():  # the streamed file holds exactly the in-memory crops
+        assert tr[k].dtype == a.dtype and np.array_equal(tr[k], a), k
+    assert isinstance(np.load(tmp_path / "a" / "val.npy", mmap_mode="r")["hr"], np.memmap)
     assert tr["hr"].shape == (6, 32, 32, 3) and tr["hr"].dtype == np.uint8
     assert tr["fov"].shape == (6, 32, 32) and tr["fov"].dtype == bool
     for s in (1, 2, 4):
@@ -107,10 +113,31 @@ def test_patches_formats_and_determinism(processed, tmp_path):
 
     time.sleep(2.1)  # zip timestamps have 2 s resolution: the files must not carry the write time
     run_patches(cfg, 3, processed, tmp_path / "b")
-    for f in ("train.npz", "val.npz", "test_x1.npz", "test_x2.npz", "test_x4.npz"):
+    for f in ("train.npy", "val.npy", "test_x1.npz", "test_x2.npz", "test_x4.npz"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f  # byte-identical
     run_patches(cfg, 4, processed, tmp_path / "c")
-    assert not np.array_equal(np.load(tmp_path / "c" / "train.npz")["hr"], tr["hr"])
+    assert not np.array_equal(np.load(tmp_path / "c" / "train.npy")["hr"], tr["hr"])
+    (tmp_path / "c" / "train.npz").write_bytes(b"former layout")  # the stage's own stale product is replaced
+    run_patches(cfg, 4, processed, tmp_path / "c")
+    assert sorted(f.name for f in (tmp_path / "c").iterdir()) == ["test_x1.npz", "test_x2.npz", "test_x4.npz",
+                                                                  "train.npy", "val.npy"]
+
+
+def test_save_patches_round_trip_and_wrong_counts(tmp_path):
+    """save_patches writes one record per crop that np.load maps; arrays of unequal length or a stream that
+    does not deliver the announced count are refused and leave no file, not even a partial one."""
+    from retina_sr.data.patches import _write_records
+
+    arrs = {"hr": np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3), "ids": ["a", "bcd"],
+            "lr_x2": np.ones((2, 2, 2, 3), np.uint8)}
+    f = save_patches(tmp_path / "x.npy", arrs)
+    m = np.load(f, mmap_mode="r")
+    assert isinstance(m["hr"], np.memmap) and np.array_equal(m["hr"], arrs["hr"]) and m["ids"].tolist() == ["a", "bcd"]
+    with pytest.raises(ValueError, match="different numbers of crops"):
+        save_patches(tmp_path / "y.npy", {**arrs, "ids": ["a"]})
+    with pytest.raises(ValueError, match="wrote 2 crops, expected 3"):
+        _write_records(tmp_path / "z.npy", m.dtype, 3, [arrs | {"ids": np.array(arrs["ids"])}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
 
 
 def test_lr_blurrier_than_hr_in_patches(processed):

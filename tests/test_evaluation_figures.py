@@ -166,3 +166,18 @@ def test_write_figures_uses_the_rows(tmp_path):
 @pytest.mark.parametrize("zoom, marker", [(1, "o"), (2, "s"), (4, "D"), (8, "^")])
 def test_zoom_markers_are_fixed(zoom, marker):
     assert figures.zoom_marker(zoom) == marker
+
+
+def test_every_main_line_phase_has_its_own_fixed_colour_and_place():
+    """The colours and the report order follow the phase table (retina_sr.phases), not a copied list."""
+    from retina_sr import phases
+    from retina_sr.evaluation.report import model_order
+
+    colours = [figures.model_colour(p) for p in phases.MAIN_LINE]
+    assert all(p in figures.MODEL_COLOURS for p in phases.MAIN_LINE)
+    assert len(set(colours)) == len(colours)
+    others = {c for n, c in figures.MODEL_COLOURS.items() if n not in phases.MAIN_LINE} | set(figures._SPARE_COLOURS)
+    assert not others & set(colours)
+    assert figures.model_colour("l1") == "#1f77b4" and figures.model_colour("adversarial") == "#d62728"  # as before
+    names = ["hr", "modified_shared", *reversed(phases.MAIN_LINE), "bicubic"]
+    assert model_order(names) == ["bicubic", *phases.MAIN_LINE, "modified_shared", "hr"]

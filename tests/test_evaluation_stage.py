@@ -30,7 +30,7 @@ def tiny_params(size: int, scales: list[int], **evaluate) -> object:
         "data": {"size": size, "scales": scales, "patches": {"crop": crop}},
         "model": {"features": 4, "depth": 1},
         "train": {"loop": {"device": "cpu"}, "adversarial": {"discriminator": {"n_layers": 1}}},
-        "evaluate": {"speed_repeats": 2, "figure_images": 1, **evaluate},
+        "evaluate": {"speed_repeats": 2, "figure_images": 1, "fast_path": False, **evaluate},
     })
 
 
@@ -141,7 +141,18 @@ def test_evaluation_end_to_end(study):
     near4 = rows[(rows["model"] == "nearest") & (rows["zoom"] == 4) & (rows["image_id"] != "photo_c")]
     assert (near4["thinnest_calibre"].to_numpy() >= hr_ab["thinnest_calibre"].min()).all()
     # bicubic beats nearest in PSNR on smooth phantoms; metric ranges are sane
-    m = json.loads((out / "metrics.json").read_text())
+    from retina_sr.evaluation.report import aggregate, metrics_dict
+
+    head = json.loads((out / "metrics.json").read_text())  # `dvc metrics show`: the headline only
+    assert set(head) == {"input", "bicubic", "l1", "modified_small"}  # the trained models and their references
+    assert set(head["l1"]) == {"x1", "x2", "x4"} and set(head["input"]) == {"x1"}
+    assert set(head["bicubic"]["x2"]) == {"psnr_y", "vessel_dice"}
+    assert set(head["l1"]["x4"]) == {"psnr_y", "vessel_dice", "dpsnr_y", "dpsnr_y_ci_low", "dpsnr_y_ci_high"}
+    gain = head["l1"]["x4"]
+    assert gain["dpsnr_y_ci_low"] <= gain["dpsnr_y"] <= gain["dpsnr_y_ci_high"]
+    m = metrics_dict(aggregate(result))  # every metric per model and zoom
+    assert gain["dpsnr_y"] == pytest.approx(m["l1"]["x4"]["psnr_y"] - m["bicubic"]["x4"]["psnr_y"], abs=1e-6)
+    assert head["l1"]["x2"]["psnr_y"] == pytest.approx(m["l1"]["x2"]["psnr_y"])
     assert m["bicubic"]["x4"]["psnr_y"] > m["nearest"]["x4"]["psnr_y"]
     assert "x4" not in m["modified_small"] and "x2" in m["modified_small"]
     for zooms in m.values():
@@ -157,9 +168,10 @@ def test_evaluation_end_to_end(study):
     assert "**" in md and "BT.601" in md and "3 held-out test images" in md
     # plots and figures
     qs = pd.read_csv(out / "plots" / "quality_speed.csv")
-    assert {"model", "zoom", "fps", "vessel_dice"} <= set(qs.columns) and len(qs) > 0
-    bz = pd.read_csv(out / "plots" / "by_zoom.csv")
-    assert "hr" not in set(bz["model"])
+    assert {"model", "zoom", "fps", "vessel_dice"} <= set(qs.columns) and len(qs) > 0 and qs.notna().all().all()
+    bz = pd.read_csv(out / "plots" / "by_zoom.csv")  # no empty cell (DVC would draw it as 0)
+    assert list(bz.columns) == ["model", "zoom", "colour", "psnr_y", "vessel_dice"] and bz.notna().all().all()
+    assert "hr" not in set(bz["model"]) and {"x1", "x2", "x4"} == set(bz["zoom"])
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert "quality_speed.png" in figs and "by_zoom.png" in figs
     assert {"panel_ph_a_x1.png", "panel_ph_a_x2.png", "panel_ph_a_x4.png"} <= set(figs)
@@ -178,6 +190,38 @@ def test_parallel_scoring_gives_identical_rows(study):
     assert set(parallel.panels) == {(2, "ph_a")}
     np.testing.assert_array_equal(parallel.panels[(2, "ph_a")]["vessels"]["bicubic"],
                                   serial.panels[(2, "ph_a")]["vessels"]["bicubic"])
+
+
+def test_fast_path_is_its_own_scored_row(study):
+    """Each model's fast path (on CPU: ONNX Runtime on the phase graph) is scored and timed as the row
+    ``<model> (<mode>)``, next to the eager fp32 row, and matches it closely (same weights)."""
+    from retina_sr.evaluation import run_evaluation
+    from retina_sr.evaluation.report import aggregate
+
+    root, params, _ = study
+    params.data.scales = [2, 4]
+    params.evaluate.fast_path = True
+    params.evaluate.max_images = 2
+    res = run_evaluation(params, root=root, progress=False)
+    assert set(res.fast_paths.values()) == {"l1", "modified_small"}
+    fast = {m: name for name, m in res.fast_paths.items()}
+    assert fast["l1"].startswith("l1 (onnxruntime CPUExecutionProvider")
+    rows = res.rows[res.rows["model"] != "hr"]
+    assert set(rows.loc[rows["zoom"] == 4, "model"]) == {"nearest", "bicubic", "lanczos", "l1", fast["l1"]}
+    assert set(rows.loc[rows["zoom"] == 2, "model"]) >= {fast["l1"], fast["modified_small"]}
+    assert (rows.loc[rows["model"] == fast["l1"], "kind"] == "model").all()
+    agg = aggregate(res)
+    for m in ("l1", "modified_small"):
+        eager = agg[(agg["model"] == m) & (agg["zoom"] == 2)].iloc[0]
+        fp = agg[(agg["model"] == fast[m]) & (agg["zoom"] == 2)].iloc[0]
+        assert abs(fp["psnr_y"] - eager["psnr_y"]) < 0.5  # same weights; only rounding/graph differ
+        assert fp["fps"] > 0 and fp["device"].endswith("uint8 in/out") and fp["n_images"] == 2
+    # off: no fast rows, and the eager rows are the same as with it (the fast path works on a model copy)
+    params.evaluate.fast_path = False
+    again = run_evaluation(params, root=root, progress=False)
+    assert not again.fast_paths and set(again.rows["model"]) == set(res.rows["model"]) - set(fast.values())
+    keep = res.rows[~res.rows["model"].isin(list(fast.values()))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(keep, again.rows)
 
 
 def test_explicit_models_and_max_images(study):
@@ -303,13 +347,15 @@ def test_mlflow_server_answers_with_the_evaluation_runs(study, monkeypatch):
         ref = json.loads((root / "reports" / "metrics.json").read_text())
         assert metrics["x2.psnr_y"] == pytest.approx(ref["l1"]["x2"]["psnr_y"])
         prm = {p["key"]: p["value"] for p in l1["params"]}
-        assert prm["eval.model"] == "l1" and prm["eval.phase"] == "l1" and len(prm["eval.checkpoint_sha256"]) == 64
+        assert prm["eval.model"] == "l1" and prm["eval.phase"] == "l1"
+        assert len({t["key"]: t["value"] for t in l1["tags"]}["eval.checkpoint_sha256"]) == 64
         bic = {m["key"] for m in by_name["bicubic"]["data"]["metrics"]}
         assert {"x2.psnr_y", "x2.vessel_dice", "x2.fps"} <= bic  # the same names for every run (Compare)
-        arts = urllib.request.urlopen(base + "/api/2.0/mlflow/artifacts/list?run_id="
-                                      + by_name["l1"]["info"]["run_id"] + "&path=panels", timeout=10)
+        parent = {t["key"]: t["value"] for t in l1["tags"]}["mlflow.parentRunId"]
+        arts = urllib.request.urlopen(base + "/api/2.0/mlflow/artifacts/list?run_id=" + parent + "&path=panels",
+                                      timeout=10)
         files = [f["path"] for f in json.loads(arts.read()).get("files", [])]
-        assert any(f.endswith(".png") for f in files)
+        assert any(f.endswith(".png") for f in files)  # the panels once, on the study's parent run
     finally:
         proc.terminate()
         try:
@@ -317,6 +363,48 @@ def test_mlflow_server_answers_with_the_evaluation_runs(study, monkeypatch):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_evaluation_runs_carry_only_what_differs_and_the_study_files_once(study, monkeypatch):
+    """Evaluation runs: own params = model/kind/phase/variant/fast path; checkpoint, hash, device as tags;
+    the test pairs as input datasets; panels, figures and reports once, on the study's parent run."""
+    import mlflow
+
+    root, params, _ = study
+    params.data.scales = [2]
+    params.evaluate.max_images = 1
+    params.evaluate.fast_path = True
+    uri = f"sqlite:///{root}/eval.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    evaluate_study(params, root=root, mlflow=True, progress=False)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(params.mlflow.evaluation_experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    stage = {r.info.run_name: r for r in runs if r.data.tags.get("retina_sr.role") == "stage"}
+    fast = {n for n in stage if " (onnxruntime CPUExecutionProvider" in n}
+    assert {n.split(" (")[0] for n in fast} == {"l1", "modified_small"}
+    assert set(stage) - fast == {"nearest", "bicubic", "lanczos", "l1", "modified_small", "hr"}
+    l1_fast = stage[next(n for n in fast if n.startswith("l1 ("))]
+    assert l1_fast.data.params["eval.fast_path"] == "True" and l1_fast.data.params["eval.phase"] == "l1"
+    assert l1_fast.data.tags["eval.fast_path_of"] == "l1" and l1_fast.data.tags["eval.device"].endswith("uint8 in/out")
+    assert {"x2.psnr_y", "x2.fps"} <= set(l1_fast.data.metrics)
+    stage = {n: r for n, r in stage.items() if n not in fast}
+    l1 = stage["l1"]
+    assert l1.data.params == {"eval.model": "l1", "eval.kind": "model", "eval.phase": "l1", "eval.variant": "",
+                              "eval.fast_path": "False"}
+    assert len(l1.data.tags["eval.checkpoint_sha256"]) == 64 and l1.data.tags["eval.checkpoint"].endswith("model.pt")
+    assert l1.data.tags["eval.device"].startswith("CPU") and l1.data.tags["eval.test_images"] == "1"
+    assert "eval.checkpoint" not in stage["bicubic"].data.tags
+    assert [d.dataset.name for d in l1.inputs.dataset_inputs] == ["test_x2"]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in stage.values()}
+    assert len(parents) == 1
+    parent = parents.pop()
+    assert "data.scales" in client.get_run(parent).data.params  # the study's parameters, once
+    top = {f.path for f in client.list_artifacts(parent)}
+    assert {"panels", "figures", "reports"} <= top
+    assert any(f.path.endswith("panel_ph_a_x2.png") for f in client.list_artifacts(parent, "panels"))
+    for r in stage.values():
+        assert not client.list_artifacts(r.info.run_id)  # no copy of the panels in every evaluation run
 
 
 # ----------------------------------------------------------------------------------- command line
@@ -351,7 +439,7 @@ def test_stage_script_writes_the_reports(study):
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((root / "reports" / "metrics.json").read_text())
-    assert set(m) == {"input", "nearest", "bicubic", "lanczos", "l1", "hr"}
+    assert set(m) == {"input", "bicubic", "l1"}  # the headline: the model and its references
     assert set(m["l1"]) == {"x1", "x2"}
     r = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "evaluate.py"), "--params", str(pfile),
                         "--no-mlflow", "--models", "missing/model.pt"], cwd=root, capture_output=True, text=True,

@@ -141,3 +141,23 @@ def test_saliency_highlights_the_phantom_vessels():
     background &= ndimage.binary_erosion(ph.fov, iterations=12)  # away from the FOV rim
     ratio = sal[ph.vessels & ph.fov].mean() / sal[background].mean()
     assert np.isfinite(ratio) and ratio > 2.0, ratio
+
+
+def test_gaussian_kernels_are_built_once_per_device_and_dtype():
+    """The saliency map asks for 17 kernels per call: they are cached (no host build + copy per step)."""
+    from retina_sr.losses.saliency import _cached_kernel, gaussian_kernel1d
+
+    a = gaussian_kernel1d(2.0, 1, torch.float32, torch.device("cpu"))
+    assert gaussian_kernel1d(2.0, 1, torch.float32, "cpu") is a
+    assert gaussian_kernel1d(2.0, 1, torch.float64) is not a  # another dtype: another entry
+    assert gaussian_kernel1d(2.0, 1, torch.float64).dtype == torch.float64
+    torch.testing.assert_close(a.double(), gaussian_kernel1d(2.0, 1, torch.float64), rtol=1e-6, atol=1e-7)
+    _cached_kernel.cache_clear()
+    img = torch.rand(1, 3, 32, 32)
+    saliency_map(img)
+    built = _cached_kernel.cache_info().misses
+    saliency_map(img)
+    info = _cached_kernel.cache_info()
+    assert built > 0 and info.misses == built and info.hits >= built  # the second map built nothing
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_kernel1d(0.0)

@@ -207,6 +207,63 @@ def test_readme_full_study_command_dry_runs(tmp_path):
     # the full study's data.workers (8) sets the preprocess threads: the composed parameters are in effect
     preprocess = _commands(out, "preprocess.py")[0]
     assert preprocess[preprocess.index("--threads") + 1] == "8", preprocess
+    # evaluate scores in --threads worker processes: every core of --cores 8, not the training rules' 2
+    evaluate = _commands(out, "evaluate.py")[0]
+    assert evaluate[evaluate.index("--threads") + 1] == "8", evaluate
+    # each training job and evaluate declare one GPU (train.loop.devices of the full study)
+    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, re.M)
+    gpus = {name: re.search(r"resources: .*\bgpu=(\d+)", body) for name, body in blocks}
+    assert {n for n in gpus if n.startswith("train_")} == {phases.stage_name(p.name) for p in phases.PHASES}
+    assert all(m and m.group(1) == "1" for n, m in gpus.items() if n.startswith("train_") or n == "evaluate"), gpus
+
+
+def test_evaluate_threads_without_cores_fall_back_for_cluster_executors():
+    """A cluster executor runs without --cores: the Snakefile still parses (profiles/slurm sets evaluate's
+    threads), instead of failing on workflow.cores."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi(OutputSettings(quiet=True)) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=None), snakefile=ROOT / "Snakefile",
+                          config_settings=ConfigSettings(), storage_settings=StorageSettings(), workdir=ROOT)
+        rules = {r.name: r for r in wf._workflow.rules}
+    assert rules["evaluate"].resources["_cores"] == 2
+
+
+def test_training_jobs_share_the_gpu_only_when_asked(tmp_path):
+    """`--cores 8` alone runs the variants' training jobs one after the other (one GPU); `--resources gpu=3`
+    lets them run side by side. A stand-in train script records when each job ran."""
+    repo = _copy_repo(tmp_path / "repo")
+    (repo / "workflow/scripts/train.py").write_text(
+        "import sys, time\n"
+        "from retina_sr import paths\n"
+        "a = sys.argv\n"
+        "phase, variant = a[a.index('--phase') + 1], (a[a.index('--variant') + 1] if '--variant' in a else None)\n"
+        "t0 = time.time()\n"
+        "time.sleep(2.0 if variant else 0.0)\n"
+        "d = paths.phase_dir(phase, variant)\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "for f in ('model.pt', 'metrics.json', 'plots.csv'):\n"
+        "    (d / f).write_text(f'{t0} {time.time()}')\n"
+    )
+    for d in ("data/raw", "data/processed", "data/patches"):
+        (repo / d).mkdir(parents=True)
+    assert _snakemake(["--cores", "1", "--touch", "patches"], repo).returncode == 0
+    variants = sorted(load_params(ROOT / "params.yaml").train.variants)
+    assert len(variants) >= 2
+    targets = [str(paths.model_file("modified", v)) for v in variants]
+
+    def spans(extra):
+        res = _snakemake([*targets, "--cores", "8", *extra], repo)  # --resources takes every word after it
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        out = sorted(tuple(map(float, (repo / t).read_text().split())) for t in targets)
+        shutil.rmtree(repo / paths.phase_dir("modified", variants[0]).parent)
+        return out
+
+    serial = spans([])
+    assert all(b[0] >= a[1] for a, b in zip(serial, serial[1:])), serial  # no two at once
+    together = spans(["--resources", f"gpu={len(variants)}"])
+    assert max(t[0] for t in together) < min(t[1] for t in together), together  # all ran at once
 
 
 def test_one_edit_in_conf_reaches_snakemake(tmp_path):

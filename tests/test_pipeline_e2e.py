@@ -108,7 +108,7 @@ def dvc_run(tmp_path_factory):
 def test_dvc_repro_produces_every_output(dvc_run):
     repo, _ = dvc_run
     assert (repo / "dvc.lock").is_file()
-    for f in ["data/raw/manifest.csv", "data/processed/manifest.csv", "data/patches/train.npz",
+    for f in ["data/raw/manifest.csv", "data/processed/manifest.csv", "data/patches/train.npy",
               "models/l1/model.pt", "models/perceptual/model.pt", "models/adversarial/model.pt",
               "models/modified/subpixel/model.pt", "reports/metrics.json", "reports/summary.md"]:
         assert (repo / f).is_file(), f

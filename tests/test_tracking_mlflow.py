@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -314,10 +315,50 @@ def test_training_registers_its_model_and_models_uri_loads_it(tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     make_patches(tmp_path)
+    manifest = tmp_path / "data" / "processed" / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("id,source,split\nim0,demo,train\nim1,demo,val\n")
     params, _ = tiny_params(tmp_path)
-    train_phase(params, "l1", root=tmp_path, progress=False, track=True)
-    mv = mlflow.MlflowClient(uri).get_model_version("retina-sr", "1")
-    assert mv.tags["phase"] == "l1" and mv.tags["study"] == params.study
+    res = train_phase(params, "l1", root=tmp_path, progress=False, track=True)
+    client = mlflow.MlflowClient(uri)
+    mv = client.get_model_version("retina-sr", "1")
+    assert mv.tags["phase"] == "l1" and mv.tags["study"] == params.study and mv.run_id == res.run_id
     enh = Enhancer.from_checkpoint("models:/retina-sr/1", tracking_uri=uri)
     out = enh.enhance(np.full((8, 8, 3), 120, np.uint8), 2)
     assert out.shape == (16, 16, 3)
+    # the registered version is an MLflow pyfunc: predict(images, params={"zoom": z})
+    pyfunc = mlflow.pyfunc.load_model("models:/retina-sr/1")
+    assert pyfunc.predict(np.full((1, 8, 8, 3), 120, np.uint8), params={"zoom": 2.0}).shape == (1, 16, 16, 3)
+    run = client.get_run(res.run_id)
+    # only what differs from the study: phase, variant, the phase's own settings (the rest is on the parent)
+    assert run.data.params["phase"] == "l1" and run.data.params["variant"] == ""
+    assert run.data.params["lr"] == str(params.train.l1.lr) and "train.l1.lr" not in run.data.params
+    assert "train.l1.lr" in client.get_run(run.data.tags[tracking.PARENT_TAG]).data.params
+    ds = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(ds) == {"processed", "train_patches"}
+    assert ds["processed"].digest == run.data.tags["data_hash"][:16]
+    assert json.loads(ds["processed"].profile)["num_rows"] == 2
+    # one validation image per validation step (the MLflow UI's image step slider)
+    images = [f.path.split("/")[-1] for f in client.list_artifacts(res.run_id, "images")]
+    logged = sorted(int(p.split("+")[2]) for p in images if p.startswith("validation+step+") and p.endswith(".png"))
+    validated = sorted(m.step for m in client.get_metric_history(res.run_id, "val_psnr_mean"))
+    assert logged == validated and len(validated) >= 2 and validated[-1] == res.metrics["steps"]
+
+
+def test_training_runs_own_params_are_what_differs_from_the_study(tmp_path):
+    """A phase run's own parameters: phase, variant, the phase's settings, and the model settings a
+    variant changes (``model.<key>``); everything else is on the study's parent run."""
+    from retina_sr.training.outputs import PhaseTracker
+    from retina_sr.training.trainer import plan_phase
+    from test_training_data import tiny_params
+
+    params, _ = tiny_params(tmp_path)
+    own = PhaseTracker(params, plan_phase(params, "l1", root=tmp_path), None, None, "h", None).own_params()
+    assert own == {"phase": "l1", "variant": "", **params.train.l1.model_dump(mode="json")}
+    variant = next(iter(params.train.variants))
+    plan = plan_phase(params, "modified", variant, root=tmp_path)
+    own = PhaseTracker(params, plan, None, None, "h", None).own_params()
+    changed = {f"model.{k}": v for k, v in params.train.variants[variant].model_dump(mode="json").items()
+               if v is not None and params.model.model_dump(mode="json")[k] != v}
+    assert changed and own == {"phase": "modified", "variant": variant,
+                               **params.train.modified.model_dump(mode="json"), **changed}

@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
+from retina_sr import paths
 from retina_sr.config import Params, load_params
+from retina_sr.data.patches import save_patches
 from retina_sr.models.tensors import to_tensor
 from retina_sr.training.data import BatchSampler, PatchDataError, load_patches
 
@@ -47,7 +49,7 @@ def tiny_params(root: Path, **overrides) -> tuple[Params, Path]:
 
 def make_patches(root: Path, n_train: int = 12, n_val: int = 4, crop: int = 32, scales=(1, 2, 4), seed: int = 0,
                  drop: str | None = None) -> None:
-    """Smooth random colour patterns and their area-downscaled versions, in data/patches/{train,val}.npz."""
+    """Smooth random colour patterns and their area-downscaled versions, in data/patches/{train,val}.npy."""
     rng = np.random.default_rng(seed)
     out = root / "data" / "patches"
     out.mkdir(parents=True, exist_ok=True)
@@ -64,44 +66,69 @@ def make_patches(root: Path, n_train: int = 12, n_val: int = 4, crop: int = 32, 
             arrays[f"lr_x{s}"] = hr.reshape(n, crop // s, s, crop // s, s, 3).mean((2, 4)).round().astype(np.uint8)
         if drop:
             arrays.pop(drop)
-        np.savez(out / f"{name}.npz", **arrays)
+        save_patches(root / paths.patches_file(name), arrays)
 
 
 def test_load_patches_reads_the_documented_layout(tmp_path):
     make_patches(tmp_path)
-    ps = load_patches(tmp_path / "data/patches/train.npz", [1, 2, 4])
+    ps = load_patches(tmp_path / "data/patches/train.npy", [1, 2, 4])
     assert len(ps) == 12 and ps.crop == 32 and ps.lr[4].shape == (12, 8, 8, 3) and ps.fov.dtype == bool
-    assert len(load_patches(tmp_path / "data/patches/val.npz", [1, 2], limit=3)) == 3
+    assert len(load_patches(tmp_path / "data/patches/val.npy", [1, 2], limit=3)) == 3
 
 
 def test_load_patches_limit_spans_every_image(tmp_path):
     """train.max_val_patches must not validate on the first image(s) only: the file stores the
     patches image by image, so the kept patches are spread evenly over it."""
     make_patches(tmp_path, n_val=12)
-    full = np.load(tmp_path / "data/patches/val.npz")
-    ps = load_patches(tmp_path / "data/patches/val.npz", [1, 2], limit=3)
+    full = np.load(tmp_path / "data/patches/val.npy")
+    ps = load_patches(tmp_path / "data/patches/val.npy", [1, 2], limit=3)
     keep = [0, 6, 11]  # 12 patches = 3 images x 4 patches: one from each image
     assert len(ps) == 3 and np.array_equal(ps.hr, full["hr"][keep]) and np.array_equal(ps.lr[2], full["lr_x2"][keep])
     assert ps.fov.shape == (3, 32, 32) and ps.hr.flags["C_CONTIGUOUS"]
-    assert len(load_patches(tmp_path / "data/patches/val.npz", [1], limit=50)) == 12
+    assert len(load_patches(tmp_path / "data/patches/val.npy", [1], limit=50)) == 12
 
 
 def test_load_patches_errors_name_file_and_key(tmp_path):
     with pytest.raises(PatchDataError, match="not found.*patches"):
         load_patches(tmp_path / "nope.npz", [1])
     make_patches(tmp_path, drop="lr_x2")
-    with pytest.raises(PatchDataError, match=r"train.npz: missing arrays \['lr_x2'\]"):
-        load_patches(tmp_path / "data/patches/train.npz", [1, 2, 4])
+    with pytest.raises(PatchDataError, match=r"train.npy: missing arrays \['lr_x2'\]"):
+        load_patches(tmp_path / "data/patches/train.npy", [1, 2, 4])
     make_patches(tmp_path)
     with pytest.raises(PatchDataError, match="lr_x8"):
-        load_patches(tmp_path / "data/patches/train.npz", [1, 8])
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, hr=np.zeros((2, 8, 8, 3), np.float32), lr_x1=np.zeros((2, 8, 8, 3), np.uint8))
+        load_patches(tmp_path / "data/patches/train.npy", [1, 8])
+    bad = tmp_path / "bad.npy"
+    save_patches(bad, {"hr": np.zeros((2, 8, 8, 3), np.float32), "lr_x1": np.zeros((2, 8, 8, 3), np.uint8)})
     with pytest.raises(PatchDataError, match="'hr' must be uint8"):
         load_patches(bad, [1])
-    (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(PatchDataError, match="not a readable .npz"):
-        load_patches(tmp_path / "junk.npz", [1])
+    save_patches(bad, {"hr": np.zeros((2, 8, 8, 3), np.uint8), "lr_x1": np.zeros((2, 8, 8, 3), np.uint8),
+                       "fov": np.zeros((2, 8, 8), np.uint8)})
+    with pytest.raises(PatchDataError, match="'fov' must be bool"):
+        load_patches(bad, [1])
+    np.save(bad, np.zeros((2, 8, 8, 3), np.uint8))  # a plain array, not one record per crop
+    with pytest.raises(PatchDataError, match="bad.npy: expected one record per crop"):
+        load_patches(bad, [1])
+    (tmp_path / "junk.npy").write_text("not an npy")
+    with pytest.raises(PatchDataError, match="junk.npy is not a readable .npy"):
+        load_patches(tmp_path / "junk.npy", [1])
+
+
+def test_load_patches_maps_the_file_instead_of_reading_it(tmp_path):
+    """The training split is memory-mapped: arrays are np.memmap views of the file, a batch gathered by index
+    equals the stored crops, and a write into the (copy-on-write) views never reaches the file."""
+    make_patches(tmp_path, n_train=20)
+    f = tmp_path / "data/patches/train.npy"
+    before = f.read_bytes()
+    ps = load_patches(f, [1, 2, 4])
+    for a in (ps.hr, ps.fov, *ps.lr.values()):
+        assert isinstance(a, np.memmap) and Path(a.filename) == f.resolve()
+    stored = np.load(f)  # fully read, for comparison
+    idx = np.array([17, 3, 3, 9])
+    assert np.array_equal(ps.hr[idx], stored["hr"][idx]) and np.array_equal(ps.lr[4][idx], stored["lr_x4"][idx])
+    assert ps.hr[idx].flags["C_CONTIGUOUS"] and not isinstance(ps.hr[idx], np.memmap)  # the batch is a copy
+    ps.hr[0] = 0
+    del ps
+    assert f.read_bytes() == before
 
 
 def test_sampler_epochs_are_permutations_and_resume_exactly():

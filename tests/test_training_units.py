@@ -3,6 +3,7 @@ phase initialisation, loss sets, resume-state handling; one tiny phase end to en
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -208,10 +209,18 @@ def test_tiny_l1_phase_writes_outputs_and_reuses_or_discards_last_pt(tmp_path, m
     assert {p.name for p in out.iterdir()} >= {"model.pt", "metrics.json", "plots.csv"}
     assert (tmp_path / "models" / ".resume" / "l1" / "last.pt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 8 and metrics["best_step"] in (4, 8) and metrics["steps_per_s"] > 0
-    assert set(metrics["val_psnr"]) == {"x1", "x2", "x4", "mean"} and set(metrics["final_val_psnr"]) == set(metrics["val_psnr"])
-    rows = (out / "plots.csv").read_text().splitlines()
-    assert rows[0].startswith("step,loss,pixel") and "val_psnr_x4" in rows[0] and len(rows) == 1 + 4
+    # metrics.json: the headline for `dvc metrics show`; the rest (steps, final PSNR, ...) in the result and MLflow
+    assert set(metrics) == {"best_step", "val_psnr", "steps_per_s"}
+    assert r.metrics["steps"] == 8 and metrics["best_step"] in (4, 8) and metrics["steps_per_s"] > 0
+    assert set(metrics["val_psnr"]) == {"x1", "x2", "x4", "mean"} and set(r.metrics["final_val_psnr"]) == set(metrics["val_psnr"])
+    # plots.csv: tidy (step, zoom, metric, value), no empty cell; the loss at the 4 logged steps, the
+    # validation PSNR per zoom only at the validated steps
+    with open(out / "plots.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["step", "zoom", "metric", "value"] and all(all(v != "" for v in r_.values()) for r_ in rows)
+    assert sorted({int(r_["step"]) for r_ in rows if r_["metric"] == "train loss"}) == [2, 4, 6, 8]
+    val = [r_ for r_ in rows if r_["metric"] == "val PSNR (dB)"]
+    assert {r_["zoom"] for r_ in val} == {"x1", "x2", "x4"} and {int(r_["step"]) for r_ in val} >= {8}
     model, meta = load_model(out / "model.pt")
     assert meta["phase"] == "l1" and meta["ema"] is True and meta["levels"] == 2 and meta["step"] == r.best_step
     assert meta["data_hash"] and math.isclose(meta["val_psnr"], r.val_psnr["mean"])
@@ -282,3 +291,94 @@ def test_fingerprint_follows_every_stage_parameter_and_only_those(tmp_path):
     assert _fp(_changed(params, "train.variants.subpixel.upsample"), "modified", "shared") == shared
     assert _fp(_changed(params, "train.variants.shared.recursions"), "modified", "shared") != shared
     assert _fp(_changed(params, "train.l1.steps"), "modified", "shared") != shared  # the catch-up budget
+
+
+def _adversarial_run(tmp_path, fov: bool = True):
+    from retina_sr.training.data import load_patches
+    from retina_sr.training.trainer import TrainingRun
+
+    make_patches(tmp_path)
+    params, _ = tiny_params(tmp_path, train={"adversarial": {"warmup_steps": 1}})
+    torch.manual_seed(123)
+    meta = {"model": params.model.model_dump(mode="json"), "levels": params.data.levels,
+            "scales": params.data.scales, "phase": "perceptual"}
+    save_model(tmp_path / "models" / "perceptual" / "model.pt", build_model(params.model, params.data.levels), meta)
+    train = load_patches(tmp_path / "data/patches/train.npy", params.data.scales)
+    if not fov:
+        train.fov = None
+    plan = plan_phase(params, "adversarial", root=tmp_path)
+    return TrainingRun(params, plan, torch.device("cpu"), train)
+
+
+def test_train_step_runs_the_discriminator_once_on_real_images(tmp_path):
+    """Per adversarial step: one D pass on the real batch (its logits serve the relativistic generator loss
+    and the D update), one on the output for the generator loss, one on the detached output for D."""
+    run = _adversarial_run(tmp_path)
+    assert run.spec.adversarial is not None and run.spec.adversarial.gan_type == "relativistic"
+    batches: list[int] = []
+    run.disc.register_forward_hook(lambda m, inp, out: batches.append(inp[0].data_ptr()))
+    run.train_step()  # warm-up step: no adversarial generator term, D still trains (real + fake)
+    assert len(batches) == 2 and batches[0] != batches[1]
+    batches.clear()
+    terms = run.train_step()
+    # the real batch first and once; then the output twice (the same storage: for G, then detached for D)
+    assert len(batches) == 3 and batches.count(batches[0]) == 1 and batches[1] == batches[2]
+    assert float(terms["adv_g"]) > 0
+    # the reused real logits give the loss a separate pass would
+    losses, disc = run.losses, run.disc
+    hr, fake = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        d_real = disc(hr).float()
+        a, _ = losses.discriminator(fake, hr, disc, d_real=d_real)
+        b, _ = losses.discriminator(fake, hr, disc)
+    torch.testing.assert_close(a, b)
+
+
+def test_optimizers_and_ema_use_multi_tensor_paths(tmp_path):
+    run = _adversarial_run(tmp_path)
+    assert run.opt_g.defaults["foreach"] is True and not run.opt_g.defaults["fused"]  # CPU: foreach
+    assert run.opt_d.defaults["foreach"] is True
+    assert not torch.backends.cudnn.benchmark or torch.cuda.is_available()  # set on CUDA only
+    m = _Tiny()
+    ema = ModelEMA(m, decay=0.9, warmup=False)
+    ref = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        m.lin.weight.add_(1.0)
+    ema.update(m)
+    for k, v in m.state_dict().items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(ema.module.state_dict()[k], 0.9 * ref[k] + 0.1 * v, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused Adam is CUDA-only")
+def test_cuda_uses_fused_adam_and_cudnn_benchmark(tmp_path):
+    from retina_sr.training.trainer import build_optimizer
+
+    opt = build_optimizer(nn.Linear(2, 2).cuda(), 1e-3)
+    assert opt.defaults["fused"] is True
+
+
+def test_fov_mask_reaches_the_loss_only_when_a_term_reads_it(tmp_path, monkeypatch):
+    from retina_sr.training import objectives
+
+    seen: list[object] = []
+    orig = objectives.PhaseLosses.generator
+
+    def spy(self, outputs, hr, fov=None, *a, **k):
+        seen.append(fov)
+        return orig(self, outputs, hr, fov, *a, **k)
+
+    monkeypatch.setattr(objectives.PhaseLosses, "generator", spy)
+    run = _adversarial_run(tmp_path)
+    assert run.spec.uses_fov
+    run.train_step()
+    assert isinstance(seen[-1], torch.Tensor) and seen[-1].dtype == torch.bool and seen[-1].shape == (4, 32, 32)
+    params, _ = tiny_params(tmp_path)
+    from retina_sr.training.data import load_patches
+    from retina_sr.training.trainer import TrainingRun
+
+    l1 = TrainingRun(params, plan_phase(params, "l1", root=tmp_path), torch.device("cpu"),
+                     load_patches(tmp_path / "data/patches/train.npy", params.data.scales))
+    assert not l1.spec.uses_fov
+    l1.train_step()
+    assert seen[-1] is None

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import sys
 import textwrap
 import warnings
+
+log = logging.getLogger("retina_sr.cli")
 
 # concern modules that contribute sub-commands (imported lazily so `--help` stays fast)
 COMMAND_MODULES = (
@@ -90,6 +93,8 @@ def _present(parser: argparse.ArgumentParser) -> None:
         if path in EXAMPLES and not _EXAMPLE.search(shown):
             child.epilog = ((child.epilog.rstrip() + "\n\n") if child.epilog else "") + f"example:\n  {EXAMPLES[path]}"
     sub = _subparsers(parser)
+    if sub is None:
+        raise RuntimeError("retina-sr: no sub-commands registered")  # build_parser always adds them
     helps = {a.dest: a.help or "" for a in sub._choices_actions}
     user = [n for n in USER_COMMANDS if n in helps]
     other = [n for n in helps if n not in USER_COMMANDS]
@@ -145,21 +150,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a sub-command. Exit codes: 0 done, 1 runtime failure, 2 usage error (bad arguments,
-    paths, inputs or config), 130 interrupted."""
+    """Run a sub-command. Exit codes as the stages' (:func:`retina_sr.runtime.exit_code`): 0 done,
+    1 runtime failure, 2 usage error (bad arguments, paths, inputs or config, an output in the way),
+    130 interrupted; an unexpected error (a bug) shows its traceback."""
+    from .runtime import configure_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .config import ConfigError
-
+    configure_logging()
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         rc = args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        return _fail(args.command, err, 2)
-    except (RuntimeError, OSError, MemoryError) as err:
-        return _fail(args.command, err, 1)
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # noqa: BLE001 - mapped to an exit status, or re-raised as a bug
+        from .runtime import exit_code
+
+        code = exit_code(err)
+        if code is None:
+            raise
+        return _fail(args.command, err, code)
     finally:
         warnings.showwarning = shown
     return int(rc or 0)
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(command: str, err: BaseException, code: int) -> int:
     text = str(err) or ("out of memory" if isinstance(err, MemoryError) else type(err).__name__)
-    print(f"retina-sr {command}: error: {text}", file=sys.stderr)
+    log.error("retina-sr %s: error: %s", command, text)  # one line on stderr (runtime.configure_logging)
     return code
 
 

@@ -401,6 +401,12 @@ class LoopConfig(_Section):
     """The training loop every phase shares (``train.loop``: one DVC/Snakemake dependency, not sixteen)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = Field(
+        1, ge=1,
+        description="data-parallel training processes (GPUs): > 1 runs the train stages under "
+        "'torchrun --standalone --nproc-per-node <devices>' with DDP (NCCL on CUDA, gloo on CPU); batch_size "
+        "stays the global batch and must be divisible by devices",
+    )
     batch_size: int = Field(8, ge=1)
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
@@ -461,6 +467,12 @@ class EvaluateConfig(_Section):
     speed_repeats: int = Field(5, ge=1, description="timed runs per model and zoom (after warm-up)")
     figure_images: int = Field(2, ge=0, description="test images that get side-by-side panels")
     vessel_threshold: float | None = Field(None, description="fixed vesselness threshold; null = Otsu per HR image")
+    fast_path: bool = Field(
+        False,
+        description="also score each model's fast path (CUDA: bf16+compile; CPU: ONNX Runtime) as its own row "
+        "'<model> (<mode>)', with its uint8-in/uint8-out speed; off = the eager fp32 rows only (on CPU it "
+        "costs an ONNX export per model and zoom, ~10 s each: +~5 min on the demo study)",
+    )
     peers_dir: str | None = Field(
         None,
         description="folder of OpenCV dnn_superres .pb files (LapSRN/ESPCN/FSRCNN_x2/x4.pb): the peers a user "

@@ -16,7 +16,7 @@ RAW_MANIFEST = RAW / "manifest.csv"
 PROCESSED = DATA / "processed"  # preprocess: images/, fov/, vessels/, manifest.csv, rejects.csv
 PROCESSED_MANIFEST = PROCESSED / "manifest.csv"
 REJECTS = PROCESSED / "rejects.csv"
-PATCHES = DATA / "patches"  # patches: train.npz, val.npz, test_x{s}.npz
+PATCHES = DATA / "patches"  # patches: train.npy, val.npy (memory-mappable), test_x{s}.npz
 
 MODELS = Path("models")  # models/<phase>/ and models/modified/<variant>/
 REPORTS = Path("reports")  # reports/eval/...
@@ -50,9 +50,10 @@ def resume_file(phase: str, variant: str | None = None) -> Path:
 
 
 def patches_file(split: str, scale: int | None = None) -> Path:
-    """``data/patches/train.npz`` / ``val.npz``; test pairs per zoom: ``data/patches/test_x{s}.npz``."""
+    """``data/patches/train.npy`` / ``val.npy`` (uncompressed, one record per crop, for ``np.load(mmap_mode="r")``:
+    :func:`retina_sr.data.patches.save_patches`); test pairs per zoom: ``data/patches/test_x{s}.npz``."""
     if split == "test":
         if scale is None:
             raise ValueError("test pairs are stored per zoom: give scale")
         return PATCHES / f"test_x{scale}.npz"
-    return PATCHES / f"{split}.npz"
+    return PATCHES / f"{split}.npy"

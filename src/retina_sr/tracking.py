@@ -336,6 +336,8 @@ def get_or_create_experiment(name: str, uri: str) -> str:
                     if not _already_exists(err):
                         raise
                     exp = retry(client.get_experiment_by_name, name)
+    if exp is None:  # created by another job and gone again before it could be read
+        raise TrackingStoreError(f"MLflow experiment {name!r} could not be created or found in {uri}: rerun")
     if exp.lifecycle_stage == "deleted":
         raise RuntimeError(
             f"MLflow experiment {name!r} is deleted in {uri}: restore it (mlflow experiments restore) "
@@ -400,7 +402,10 @@ def log_params(params: Mapping[str, Any] | Params, skip: set[str] | tuple = ()) 
     import mlflow
 
     items = [p for p in _param_items(params) if p.key not in skip]
-    _log_batches(mlflow.MlflowClient(), mlflow.active_run().info.run_id, params=items)
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_params: no active MLflow run (start one first)")
+    _log_batches(mlflow.MlflowClient(), run.info.run_id, params=items)
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -458,17 +463,19 @@ def log_dataset(
     import warnings
 
     import mlflow
+    from mlflow.data.dataset import Dataset
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.pandas_dataset import from_pandas
 
     uri = str(Path(source).resolve())
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
         warnings.simplefilter("ignore", UserWarning)
         src = resolve_dataset_source(uri)
         if table is not None:
-            ds = mlflow.data.from_pandas(table, source=src, name=name, digest=digest)
-        else:
-            ds = MetaDataset(src, name=name, digest=digest)
+            ds: Dataset = from_pandas(table, source=src, name=name, digest=digest)
+        else:  # Dataset marks `profile` abstract without ABCMeta; MetaDataset is instantiable (mlflow's own use)
+            ds = MetaDataset(src, name=name, digest=digest)  # type: ignore[abstract]
     retry(mlflow.log_input, ds, context=context, tags=dict(tags) if tags else None)
 
 

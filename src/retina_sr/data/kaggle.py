@@ -7,6 +7,14 @@
 Both join the diabetic-retinopathy grade from ``trainLabels.csv.zip`` (column ``level``) into the
 manifest's ``label``. A seeded random choice of ``data.n_images`` members is extracted, only those.
 
+Extraction: the selected members lie spread over the solid 7z (the whole ~35 GB is decompressed to reach
+them), which py7zr does on one thread, reading the volumes through Python. A 7-Zip program on PATH
+(``7zz``, ``7z`` or ``7za``: ``apt install 7zip`` / ``p7zip-full``, ``brew install sevenzip``) extracts
+them instead, in one ``7z x -i@list`` pass over the volumes with its own decoder (multithreaded where the
+archive's LZMA2 blocks allow); py7zr is the fallback. Measured on 2 busy CPU cores, 3 members of a 48 MiB
+solid LZMA 7z in 2 volumes: 7zz 26.02 2.3-2.5 s, py7zr 1.1.4 2.7-3.7 s. The stage log says which one ran
+(``extracted N members ... with ...``). Zip archives (``sample.zip``) use :mod:`zipfile`.
+
 Resumable: a completed download is recorded in ``<cache>/.done/<file>`` (with its size) and is
 skipped on a rerun; an interrupted file is resumed by the Kaggle client itself (HTTP Range);
 extracted members with the right size are not extracted again.
@@ -27,6 +35,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +58,7 @@ __all__ = [
     "ensure_file",
     "ConcatReader",
     "open_archive",
+    "seven_zip_binary",
     "download_kaggle",
 ]
 
@@ -209,11 +220,61 @@ class ConcatReader(io.RawIOBase):
         super().close()
 
 
+SEVEN_ZIP_NAMES = ("7zz", "7z", "7za")  # 7-Zip (Linux/macOS builds), p7zip's full and standalone programs
+
+
+def seven_zip_binary() -> str | None:
+    """The path of a 7-Zip program on PATH (:data:`SEVEN_ZIP_NAMES`, in that order), else None."""
+    for name in SEVEN_ZIP_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _extract_with_binary(binary: str, parts: list[Path], members: list[str], dest: Path) -> None:
+    """``7z x -i@list`` of ``members`` from the archive whose first volume is ``parts[0]`` into ``dest``.
+
+    Volumes ``x.001``, ``x.002`` ... are found by 7-Zip from the first one's name. ``-spd``: member names
+    are literal, not wildcards; ``-aoa``: a member left half-written by an interrupted run is replaced.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", dir=dest.parent, delete=False) as f:
+        f.write("\n".join(members) + "\n")
+        listfile = Path(f.name)
+    cmd = [binary, "x", str(parts[0]), f"-o{dest}", "-aoa", "-y", "-spd", "-scsUTF-8", f"-i@{listfile}", "-bso0", "-bsp0"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    finally:
+        listfile.unlink()
+    if proc.returncode != 0:
+        tail = " ".join((proc.stderr or proc.stdout).split())[-500:]
+        raise KaggleError(
+            f"{Path(binary).name} could not extract from {parts[0]} (exit {proc.returncode}: {tail}): the archive is "
+            f"incomplete or corrupt; delete it and {parts[0].parent / '.done'} and rerun"
+        )
+
+
+def _version(binary: str) -> str:
+    """``7-Zip (z) 24.09`` / ``p7zip Version 16.02``: the banner line of the program (``-h``)."""
+    try:
+        out = subprocess.run([binary, "-h"], capture_output=True, text=True, errors="replace", timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "version unknown"
+    line = next((ln.strip() for ln in out.splitlines() if "7-Zip" in ln or "p7zip" in ln), "")
+    return line.split(":")[0].strip() or "version unknown"
+
+
 class _Archive:
-    """Uniform member listing/extraction over zip and 7z (single file or volumes)."""
+    """Uniform member listing/extraction over zip and 7z (single file or volumes).
+
+    ``extractor`` names what extracted the members: for 7z a 7-Zip program (:func:`seven_zip_binary`)
+    when one is on PATH, else py7zr.
+    """
 
     def __init__(self, parts: list[Path]):
         self.parts = parts
+        self.extractor = ""
         self.stream = ConcatReader(parts) if len(parts) > 1 else open(parts[0], "rb")  # noqa: SIM115
         try:
             self._open()
@@ -247,10 +308,18 @@ class _Archive:
     def extract(self, members: list[str], dest: Path) -> None:
         if not members:
             return
+        binary = seven_zip_binary() if self.kind == "7z" else None
         if self.kind == "zip":
+            self.extractor = "zipfile"
             for m in members:
                 self._z.extract(m, dest)
+        elif binary:
+            self.extractor = f"{binary} ({_version(binary)})"
+            _extract_with_binary(binary, self.parts, members, dest)
         else:
+            import py7zr
+
+            self.extractor = f"py7zr {py7zr.__version__} (one thread; a 7-Zip program on PATH is faster)"
             self._z.reset()
             self._z.extract(path=dest, targets=members)
 
@@ -307,14 +376,20 @@ def _read_labels(path: Path) -> pd.DataFrame:
     return df
 
 
-def _check_space(cache: Path, min_free_gb: float, pending: list[str]) -> None:
+def _check_space(cache: Path, min_free_gb: float, files: list[str], pending: list[str]) -> None:
+    """``min_free_gb`` is what the whole archive needs (volumes and extraction): the bytes of ``files``
+    already in ``cache`` (complete volumes, and the part of an interrupted one the client resumes) count
+    towards it, so a resumed download needs only the rest free."""
     if not pending:
         return
+    have = sum((cache / f).stat().st_size for f in files if (cache / f).is_file()) / 1e9
+    need = max(0.0, min_free_gb - have)
     free = shutil.disk_usage(cache).free / 1e9
-    if free < min_free_gb:
+    if free < need:
         raise KaggleError(
             f"only {free:.0f} GB free at {cache}; the training archive needs {min_free_gb:.0f} GB "
-            "(data.kaggle.min_free_gb): free disk space, point data.kaggle.cache_dir elsewhere, or use archive: sample"
+            f"(data.kaggle.min_free_gb), {have:.0f} GB of it already downloaded, so {need:.0f} GB more: free disk "
+            "space, point data.kaggle.cache_dir elsewhere, or use archive: sample"
         )
 
 
@@ -330,7 +405,7 @@ def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fe
     files = ["sample.zip"] if kc.archive == "sample" else list(TRAIN_PARTS)
     if kc.archive == "train":
         done = [f for f in files if (cache / ".done" / f).is_file()]
-        _check_space(cache, kc.min_free_gb, [f for f in files if f not in done])
+        _check_space(cache, kc.min_free_gb, files, [f for f in files if f not in done])
     labels = _read_labels(ensure_file(api, kc.competition, LABELS, cache, fetcher=fetcher))
     parts = [ensure_file(api, kc.competition, f, cache, fetcher=fetcher) for f in files]
     level = dict(zip(labels["image"], labels["level"].astype(str)))
@@ -351,6 +426,8 @@ def download_kaggle(cfg: DataConfig, out: str | Path, seed: int, *, api=None, fe
         ext = cache / "extracted" / kc.archive
         todo = [m for m in chosen if not ((ext / m).is_file() and (ext / m).stat().st_size == arc.sizes[m])]
         arc.extract(todo, ext)
+        if todo:
+            log.info("extracted %d members of %s with %s", len(todo), parts[0].name, arc.extractor)
         extracted = {m: _extracted(ext, m, arc.sizes[m]) for m in chosen}
     finally:
         arc.close()

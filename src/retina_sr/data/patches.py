@@ -18,7 +18,14 @@ rotations): random ``crop`` x ``crop`` HR crops with at least ``fov_min_fraction
 augmented (flips, 90 degree rotations, per-channel gain and global brightness jitter), with an LR input
 for every zoom. Test pairs: the full preprocessed images, degraded with the mid-range sigma and noise,
 seeded per image and zoom. Everything is deterministic for ``seed``, down to the bytes of the
-``.npz`` files (:func:`savez_deterministic`).
+files (:func:`savez_deterministic`, :func:`save_patches`).
+
+Storage: the training/validation crops go to one uncompressed ``.npy`` per split holding a structured
+array, one record per crop with the fields ``hr``, ``fov``, ``ids``, ``lr_x{s}``
+(:func:`save_patches`). ``np.load(path, mmap_mode="r")`` maps it, so a training process reads only the
+crops of its batches instead of inflating the whole split (~6 GB in the full study, per process), and
+one crop's HR and LR inputs lie next to each other on disk. The stage streams the crops image by image
+into the file, never holding the split in memory. The test pairs stay ``.npz`` (read whole by evaluate).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from .io import read_image, read_mask
 
 __all__ = [
     "degrade", "augment", "sample_crops", "make_patches", "make_test_pairs", "run_patches", "test_degradation",
-    "savez_deterministic",
+    "savez_deterministic", "save_patches", "patch_dtype",
 ]
 
 _SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
@@ -152,14 +159,21 @@ def _load(row) -> tuple[np.ndarray, np.ndarray]:
     return read_image(row.path), read_mask(row.fov_path)
 
 
-def make_patches(rows: pd.DataFrame, cfg: DataConfig, seed: int, split: str) -> dict[str, np.ndarray]:
-    """Crops and LR inputs for every image of ``rows`` (one split); arrays as in the architecture doc."""
+def patch_dtype(crop: int, scales: list[int], id_chars: int) -> np.dtype:
+    """The record of one training/validation crop: ``hr`` uint8 (crop, crop, 3), ``fov`` bool (crop, crop),
+    ``ids`` str (``id_chars`` characters), ``lr_x{s}`` uint8 (crop/s, crop/s, 3) for every zoom ``s``."""
+    return np.dtype([("hr", np.uint8, (crop, crop, 3)), ("fov", np.bool_, (crop, crop)), ("ids", f"<U{max(1, id_chars)}")]
+                    + [(f"lr_x{s}", np.uint8, (crop // s, crop // s, 3)) for s in scales])
+
+
+def _image_patches(rows: pd.DataFrame, cfg: DataConfig, seed: int, split: str):
+    """Per image of ``rows`` (sorted by id), the dict of its crops (fields of :func:`patch_dtype`)."""
     pc = cfg.patches
-    hr_l, fov_l, ids = [], [], []
-    lr_l: dict[int, list[np.ndarray]] = {s: [] for s in cfg.scales}
     for idx, row in enumerate(rows.sort_values("id").itertuples()):
         img, fov = _load(row)
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], idx])
+        hr_l, fov_l = [], []
+        lr_l: dict[int, list[np.ndarray]] = {s: [] for s in cfg.scales}
         for y, x in sample_crops(fov, pc.crop, pc.per_image, pc.fov_min_fraction, rng):
             hr, f = augment(img[y:y + pc.crop, x:x + pc.crop], fov[y:y + pc.crop, x:x + pc.crop], rng, pc)
             for s in cfg.scales:
@@ -168,17 +182,62 @@ def make_patches(rows: pd.DataFrame, cfg: DataConfig, seed: int, split: str) -> 
                                        rng, q, pc.poisson_peak))
             hr_l.append(hr)
             fov_l.append(f)
-            ids.append(row.id)
-    n = len(hr_l)
-    c = pc.crop
-    out = {
-        "hr": np.stack(hr_l) if n else np.zeros((0, c, c, 3), np.uint8),
-        "fov": np.stack(fov_l).astype(bool) if n else np.zeros((0, c, c), bool),
-        "ids": np.array(ids, dtype=str),
-    }
-    for s in cfg.scales:
-        out[f"lr_x{s}"] = np.stack(lr_l[s]) if n else np.zeros((0, c // s, c // s, 3), np.uint8)
-    return out
+        if not hr_l:
+            continue
+        out = {"hr": np.stack(hr_l), "fov": np.stack(fov_l).astype(bool), "ids": np.array([row.id] * len(hr_l), dtype=str)}
+        out.update({f"lr_x{s}": np.stack(lr_l[s]) for s in cfg.scales})
+        yield out
+
+
+def make_patches(rows: pd.DataFrame, cfg: DataConfig, seed: int, split: str) -> dict[str, np.ndarray]:
+    """Crops and LR inputs for every image of ``rows`` (one split), in memory; the stage streams the same
+    crops into a file instead (:func:`run_patches`)."""
+    c = cfg.patches.crop
+    parts = list(_image_patches(rows, cfg, seed, split))
+    if parts:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    empty = {"hr": np.zeros((0, c, c, 3), np.uint8), "fov": np.zeros((0, c, c), bool), "ids": np.array([], dtype=str)}
+    return {**empty, **{f"lr_x{s}": np.zeros((0, c // s, c // s, 3), np.uint8) for s in cfg.scales}}
+
+
+def _write_records(path: Path, dtype: np.dtype, n: int, chunks) -> int:
+    """Stream the dicts of ``chunks`` into a new ``.npy`` of ``n`` ``dtype`` records at ``path`` (written
+    beside it, then renamed: a failed run never leaves a truncated file under the final name)."""
+    names = dtype.names or ()
+    tmp = path.with_name(f".{path.name}.partial")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n,))
+    i, ok = 0, False
+    try:
+        for chunk in chunks:
+            k = len(chunk[names[0]])
+            if i + k > n:
+                raise ValueError(f"{path}: more crops than the {n} announced")
+            for name in names:
+                arr[name][i:i + k] = chunk[name]
+            i += k
+        if i != n:
+            raise ValueError(f"{path}: wrote {i} crops, expected {n}")
+        arr.flush()
+        ok = True
+    finally:
+        del arr  # unmap before the rename / removal
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    tmp.replace(path)
+    return n
+
+
+def save_patches(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write the crop arrays of one split (``hr``, ``fov``, ``ids``, ``lr_x{s}``, as :func:`make_patches`
+    returns) as one uncompressed structured ``.npy``, one record per crop (module docstring)."""
+    path = Path(path)
+    arrays = {k: np.asarray(a, dtype=str) if k == "ids" else np.asarray(a) for k, a in arrays.items()}
+    n = {len(a) for a in arrays.values()}
+    if len(n) != 1:
+        raise ValueError(f"{path}: the arrays hold different numbers of crops {sorted(n)}")
+    dtype = np.dtype([(k, a.dtype, a.shape[1:]) for k, a in arrays.items()])
+    _write_records(path, dtype, n.pop(), [arrays])
+    return path
 
 
 def make_test_pairs(rows: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[int, dict[str, np.ndarray]]:
@@ -214,7 +273,8 @@ def make_test_pairs(rows: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[int,
 
 def run_patches(cfg: DataConfig, seed: int, manifest: str | Path = paths.PROCESSED_MANIFEST,
                 out_dir: str | Path = paths.PATCHES) -> dict[str, int]:
-    """Run the stage: write ``train.npz``, ``val.npz`` and ``test_x{s}.npz``; returns counts."""
+    """Run the stage: write ``train.npy``, ``val.npy`` (:func:`save_patches` layout, streamed image by image)
+    and ``test_x{s}.npz``; returns counts."""
     manifest, out_dir = Path(manifest), Path(out_dir)
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: run the preprocess stage first")
@@ -226,13 +286,16 @@ def run_patches(cfg: DataConfig, seed: int, manifest: str | Path = paths.PROCESS
     if cfg.size not in sizes:
         raise ValueError(f"{manifest}: images are {sizes.pop()} px but data.size is {cfg.size}: rerun preprocess")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("test_x*.npz"):
-        old.unlink()
+    # this stage's own earlier products (test zooms no longer in data.scales; the former compressed layout)
+    for old in [*out_dir.glob("test_x*.npz"), out_dir / "train.npz", out_dir / "val.npz"]:
+        old.unlink(missing_ok=True)
     counts = {}
     for split in ("train", "val"):
-        arrs = make_patches(df[df["split"] == split], cfg, seed, split)
-        savez_deterministic(out_dir / f"{split}.npz", **arrs)
-        counts[split] = len(arrs["hr"])
+        rows = df[df["split"] == split]
+        dtype = patch_dtype(cfg.patches.crop, cfg.scales, int(rows["id"].str.len().max()))
+        n = len(rows) * cfg.patches.per_image  # sample_crops returns per_image corners for every image
+        path = out_dir / paths.patches_file(split).name
+        counts[split] = _write_records(path, dtype, n, _image_patches(rows, cfg, seed, split))
     for s, arrs in make_test_pairs(df[df["split"] == "test"], cfg, seed).items():
         savez_deterministic(out_dir / paths.patches_file("test", s).name, **arrs)
         counts[f"test_x{s}"] = len(arrs["hr"])

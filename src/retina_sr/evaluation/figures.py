@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .. import phases
 from .report import model_order
 
 __all__ = [
@@ -31,14 +32,21 @@ __all__ = [
     "quality_speed_plot", "quality_speed_figure", "by_zoom_plot", "by_zoom_figure", "write_figures",
 ]
 
-#: one colour per model in every figure (tab10/tab20 hues): baselines in greys and browns, the phases
-#: in strong hues; a model not listed (a modification variant) gets one of :data:`_SPARE_COLOURS`,
-#: picked from its name, so it too keeps its colour from one report to the next
-MODEL_COLOURS = {
+#: one colour per model in every figure (tab10/tab20 hues): baselines in greys and browns, the main-line
+#: phases (:data:`retina_sr.phases.MAIN_LINE`, in chain order) in strong hues; a model not listed (a
+#: modification variant) gets one of :data:`_SPARE_COLOURS`, picked from its name, so it too keeps its
+#: colour from one report to the next
+_BASELINE_COLOURS = {
     "input": "#7f7f7f", "nearest": "#c7c7c7", "bicubic": "#525252", "lanczos": "#8c564b",
     "opencv_espcn": "#c49c94", "opencv_fsrcnn": "#dbdb8d", "opencv_lapsrn": "#bcbd22",
-    "l1": "#1f77b4", "perceptual": "#2ca02c", "adversarial": "#d62728", "hr": "#000000",
 }
+#: the phases' hues in chain order (l1 blue, perceptual green, adversarial red); the last three (tab20b's
+#: darks) are for phases added later
+_PHASE_COLOURS = ("#1f77b4", "#2ca02c", "#d62728", "#393b79", "#637939", "#843c39")
+if len(phases.MAIN_LINE) > len(_PHASE_COLOURS):  # pragma: no cover - a new phase needs a hue here
+    raise RuntimeError(f"figures._PHASE_COLOURS has {len(_PHASE_COLOURS)} hues for {len(phases.MAIN_LINE)} "
+                       "main-line phases: add one")
+MODEL_COLOURS = {**_BASELINE_COLOURS, **dict(zip(phases.MAIN_LINE, _PHASE_COLOURS)), "hr": "#000000"}
 _SPARE_COLOURS = ("#9467bd", "#ff7f0e", "#17becf", "#e377c2", "#aec7e8", "#98df8a", "#ff9896", "#c5b0d5",
                   "#ffbb78", "#9edae5", "#f7b6d2")
 #: one marker per zoom factor in every figure

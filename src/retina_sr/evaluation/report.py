@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import compare_to_reference, comparison_markdown
+from .. import phases
+from .compare import COMPARED_METRICS, compare_to_reference, comparison_markdown
 from .runner import IMAGE_METRICS, SPEED_METRICS, EvaluationResult
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "CONVENTIONS",
     "aggregate",
     "metrics_dict",
+    "HEADLINE",
+    "headline_metrics",
     "write_metrics_json",
     "write_results_csv",
     "write_plot_csvs",
@@ -61,7 +64,7 @@ CONVENTIONS = """\
 """
 
 _FIXED_ORDER = ("input", "nearest", "bicubic", "lanczos", "opencv_espcn", "opencv_fsrcnn", "opencv_lapsrn",
-                "l1", "perceptual", "adversarial")
+                *phases.MAIN_LINE)
 
 
 def model_order(names) -> list[str]:
@@ -115,10 +118,35 @@ def metrics_dict(agg: pd.DataFrame) -> dict:
     return out
 
 
-def write_metrics_json(agg: pd.DataFrame, path: str | Path) -> Path:
+#: the metrics of ``metrics.json`` (``dvc metrics show``): per model and zoom, PSNR-Y and vessel Dice, and
+#: per candidate the paired PSNR-Y gain over the reference of the zoom (bicubic; the input at x1) with its
+#: 95 % bootstrap interval. Every metric per model and zoom: ``plots/by_zoom.csv``, summary.md, MLflow.
+HEADLINE = ("psnr_y", "vessel_dice")
+
+
+def headline_metrics(agg: pd.DataFrame, cmp: pd.DataFrame, models: list[str]) -> dict:
+    """``{model: {"x2": {"psnr_y", "vessel_dice", "dpsnr_y", "dpsnr_y_ci_low", "dpsnr_y_ci_high"}}}`` for
+    the trained ``models`` and the references they are compared with (non-finite -> None)."""
+    refs = set(cmp["reference"]) if len(cmp) else set()
+    keep = [m for m in model_order(agg["model"]) if m in set(models) | refs]
+    gain = {} if cmp.empty else {(r["model"], int(r["zoom"])): r
+                                 for r in cmp[cmp["metric"] == "psnr_y"].to_dict("records")}
+    out: dict = {}
+    for r in agg[agg["model"].isin(keep)].to_dict("records"):
+        z = int(r["zoom"])
+        d = out.setdefault(str(r["model"]), {})[f"x{z}"] = {k: _num(r.get(k)) for k in HEADLINE}
+        g = gain.get((r["model"], z))
+        if g is not None:
+            d.update({"dpsnr_y": _num(g["diff"]), "dpsnr_y_ci_low": _num(g["ci_low"]),
+                      "dpsnr_y_ci_high": _num(g["ci_high"])})
+    return {m: out[m] for m in keep if m in out}
+
+
+def write_metrics_json(agg: pd.DataFrame, path: str | Path, cmp: pd.DataFrame, models: list[str]) -> Path:
+    """:func:`headline_metrics` as ``path``, the evaluate stage's DVC metrics."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics_dict(agg), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(headline_metrics(agg, cmp, models), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -130,16 +158,26 @@ def write_results_csv(result: EvaluationResult, path: str | Path) -> Path:
 
 
 def write_plot_csvs(agg: pd.DataFrame, plots_dir: str | Path) -> dict[str, Path]:
-    """``quality_speed.csv`` (vessel Dice vs FPS) and ``by_zoom.csv`` (every metric per model and zoom)."""
+    """The data of ``dvc plots`` (templates in ``.dvc/plots/``), with no empty cell (an empty cell is drawn
+    as 0): ``quality_speed.csv`` (model, zoom, fps, ms, vessel_dice, psnr_y; rows with a speed and both
+    qualities) and ``by_zoom.csv`` (model, zoom and the study's two criteria,
+    :data:`~retina_sr.evaluation.compare.COMPARED_METRICS`, where both are finite; every metric by zoom:
+    ``figures/by_zoom.png``). ``zoom`` is written ``x2`` (a category: the marker shape); ``hr`` is left
+    out; ``colour`` is the model's colour in every figure (:func:`~retina_sr.evaluation.figures.model_colour`)."""
+    from .figures import model_colour  # figures imports this module
+
     d = Path(plots_dir)
     d.mkdir(parents=True, exist_ok=True)
-    sp = agg[agg["fps"].notna()].copy()
-    sp["label"] = sp["model"] + " x" + sp["zoom"].astype(str)
+    a = agg[agg["model"] != "hr"].copy()
+    a["zoom"] = "x" + a["zoom"].astype(int).astype(str)
+    a["colour"] = a["model"].map(model_colour)
     qs = d / "quality_speed.csv"
-    sp[["label", "model", "zoom", "fps", "ms", "vessel_dice", "vessel_cldice", "psnr_y", "ssim_y"]].to_csv(
-        qs, index=False, float_format="%.6g")
+    cols = ["model", "zoom", "fps", "ms", "vessel_dice", "psnr_y", "colour"]
+    sp = a[cols].replace([np.inf, -np.inf], np.nan).dropna()
+    sp.to_csv(qs, index=False, float_format="%.6g")
     bz = d / "by_zoom.csv"
-    agg[agg["model"] != "hr"][["model", "zoom", *IMAGE_METRICS, *SPEED_METRICS]].to_csv(bz, index=False, float_format="%.6g")
+    a[["model", "zoom", "colour", *COMPARED_METRICS]].replace([np.inf, -np.inf], np.nan).dropna().to_csv(
+        bz, index=False, float_format="%.6g")
     return {"quality_speed": qs, "by_zoom": bz}
 
 
@@ -263,13 +301,13 @@ def write_reports(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(result)
+    cmp = compare_to_reference(result.rows)  # 10 000 bootstrap resamples per row: computed once
     files = {
-        "metrics": write_metrics_json(agg, out / "metrics.json"),
+        "metrics": write_metrics_json(agg, out / "metrics.json", cmp, [e.name for e in result.models]),
         "results": write_results_csv(result, out / "results.csv"),
     }
     files.update(write_plot_csvs(agg, out / "plots"))
     cmp_csv = out / "comparison.csv"
-    cmp = compare_to_reference(result.rows)  # 10 000 bootstrap resamples per row: computed once
     cmp.to_csv(cmp_csv, index=False, float_format="%.6g")
     files["comparison"] = cmp_csv
     s = out / "summary.md"

@@ -5,6 +5,11 @@
 trained models, and the ``hr`` reference row for the manual-mask metrics), measures the speed, and
 returns an :class:`EvaluationResult` that :mod:`.report`, :mod:`.figures` and :mod:`.tracking_log` turn
 into the study's products.
+
+With ``evaluate.fast_path`` every trained model is scored twice: as the eager fp32 model (its row
+``<name>``, forward-only speed) and as the fast path a user runs in real time
+(:func:`retina_sr.inference.fastpath.fast_upscaler`: CUDA bf16 autocast + ``torch.compile``; CPU
+ONNX Runtime), whose own quality and uint8-in/uint8-out speed are the row ``<name> (<mode>)``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,6 +83,7 @@ class EvaluationResult:
     device: str
     test_description: dict
     panels: dict = field(default_factory=dict)  # (zoom, image_id) -> {"lr", "hr", "fov", "outputs": {name: img}, "vessels": {name: mask}}
+    fast_paths: dict = field(default_factory=dict)  # fast-path row name ("l1 (<mode>)") -> its model's name
 
 
 def make_reference(
@@ -226,6 +233,50 @@ def _model_timer(model, lr: np.ndarray, scale: int, device) -> tuple[Callable[[]
     return fn, sync
 
 
+class _FastPaths:
+    """The fast path of each trained model (:func:`~retina_sr.inference.fastpath.fast_upscaler`), built once
+    per model; its outputs are named ``<model> (<mode>)`` after the mode that really ran them."""
+
+    def __init__(self, models: dict[str, Any], entries: list[ModelEntry], device) -> None:
+        import copy
+
+        from ..inference.fastpath import fast_upscaler
+
+        meta = {e.name: e.meta for e in entries}
+        self._ups: dict[str, Any] = {}  # name -> retina_sr.inference.fastpath.FastUpscaler
+        self.rows: dict[str, str] = {}  # row name -> model name
+        try:
+            for name, model in models.items():  # a copy: fast_upscaler moves its model to the CPU
+                self._ups[name] = fast_upscaler(copy.deepcopy(model), meta[name], device)
+        except BaseException:
+            self.close()
+            raise
+
+    def outputs(self, lr: np.ndarray, scale: int, names: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            up = self._ups[name]
+            sr = up(lr, scale)  # the mode is known once it ran (ONNX Runtime: its provider and graph)
+            row = f"{name} ({up.mode})"
+            self.rows[row] = name
+            out[row] = sr
+        return out
+
+    def speed(self, lr: np.ndarray, scale: int, names: list[str], device_label: str, repeats: int) -> list[dict]:
+        """Median uint8-in/uint8-out time of each fast path (transfers included; ``<device> uint8 in/out``)."""
+        rows = []
+        for name in names:
+            up = self._ups[name]
+            ms = median_ms(partial(up, lr, scale), repeats)
+            rows.append({"model": f"{name} ({up.mode})", "zoom": scale, "ms": ms,
+                         "fps": 1000.0 / ms if ms > 0 else math.inf, "device": f"{device_label}, uint8 in/out"})
+        return rows
+
+    def close(self) -> None:
+        for up in self._ups.values():
+            up.close()
+
+
 def _load_models(entries: list[ModelEntry], device) -> dict[str, object]:
     from ..models.checkpoint import load_model
 
@@ -355,7 +406,10 @@ def run_evaluation(
     hr_segs: dict[tuple[str, str], VesselResult] = {}  # the HR of an image is the same at every zoom
     n_fig = cfg.figure_images
     pool = _scoring_pool(workers)
+    fast: _FastPaths | None = None
     try:
+        if cfg.fast_path and loaded:
+            fast = _FastPaths(loaded, entries, dev)
         for s, ts in sets.items():
             calib = load_calibre_maps(ts.ids, ts.hr.shape[1:3], root)
             candidates = [("input", "input")] if s == 1 else [(b, "baseline") for b in cfg.baselines]
@@ -384,10 +438,12 @@ def run_evaluation(
                 manual = ts.vessels[i] if ts.has_vessels[i] else None
                 key = (ts.ids[i], hashlib.sha1(ts.hr[i].tobytes() + ts.fov[i].tobytes()).hexdigest())
                 outputs = _outputs(ts.lr[i], s, candidates, peers, {e.name: loaded[e.name] for e in usable}, dev)
+                if fast is not None:
+                    outputs.update(fast.outputs(ts.lr[i], s, [e.name for e in usable]))
                 job = _ScoreJob(
                     path=str(ts.path), scale=s, image_id=ts.ids[i], source=ts.sources[i], hr=ts.hr[i], fov=ts.fov[i],
                     manual=manual, calibre=calib.get(ts.ids[i]) if manual is not None else None,
-                    outputs=outputs, kinds={**dict(candidates), **{e.name: "model" for e in usable}},
+                    outputs=outputs, kinds={**dict.fromkeys(outputs, "model"), **dict(candidates)},
                     segmenter=segmenter, threshold=cfg.vessel_threshold, hr_seg=hr_segs.get(key),
                     keep_maps=i < n_fig,
                 )
@@ -399,7 +455,11 @@ def run_evaluation(
                 consume(pending.popleft())
             speed += measure_speed(ts.lr[0], s, candidates, peers, {e.name: loaded[e.name] for e in usable}, dev,
                                    dev_name, cfg.speed_repeats)
+            if fast is not None:
+                speed += fast.speed(ts.lr[0], s, [e.name for e in usable], dev_name, cfg.speed_repeats)
     finally:
+        if fast is not None:
+            fast.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     rows_df = pd.DataFrame(rows, columns=["image_id", "source", "zoom", "model", "kind", *IMAGE_METRICS])
@@ -407,4 +467,5 @@ def run_evaluation(
     desc = _describe(params, sets)
     desc["peers"] = sorted({name for name, _ in peers})
     desc["peer_notes"] = peer_notes
-    return EvaluationResult(rows_df, speed_df, entries, dev_name, desc, panels)
+    return EvaluationResult(rows_df, speed_df, entries, dev_name, desc, panels,
+                            dict(fast.rows) if fast is not None else {})

@@ -34,9 +34,10 @@ def evaluate_study(
     workers: int = 1,
 ) -> tuple[EvaluationResult, dict[str, Path]]:
     """Evaluate every model (``model_specs``: ``PATH`` or ``NAME=PATH``; default: discovered under
-    ``root/models``) and the baselines; write ``metrics.json``, ``results.csv``, ``summary.md``,
-    ``plots/*.csv`` and ``figures/*.png`` under ``out_dir`` (default ``root/reports``); log one MLflow
-    run per model unless ``mlflow=False``; ``workers`` processes score the images (see
+    ``root/models``) and the baselines; write ``metrics.json`` (the headline for ``dvc metrics show``),
+    ``results.csv``, ``summary.md``, ``plots/*.csv`` (for ``dvc plots``) and ``figures/*.png`` under
+    ``out_dir`` (default ``root/reports``); log one MLflow run per model unless ``mlflow=False``;
+    ``workers`` processes score the images (see
     :func:`~retina_sr.evaluation.runner.run_evaluation`). Returns the result and the written files."""
     from .baselines import BASELINES
     from .figures import panel_figure, panel_path, write_figures

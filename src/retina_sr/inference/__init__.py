@@ -16,39 +16,18 @@ Public API::
 Modules: ``base`` (the shared zoom pipeline), ``enhancer`` (PyTorch), ``onnx`` + ``fuse`` (ONNX
 Runtime), ``buckets`` + ``compiled`` + ``staging`` (the CUDA fast path's shapes, graphs and uploads),
 ``receptive`` + ``tiling``, ``video`` + ``video_io``, ``bench``, ``commands`` (the CLI).
+Names are loaded on first use (``lazy_loader``, scientific Python's SPEC 1), as in every package here: so
+``retina-sr --help`` does not pay for torch. ``levels_for_zoom`` is :func:`retina_sr.config.levels_for_zoom`.
 """
 
-from .base import BaseEnhancer, DeviceError, resolve_device
-from .enhancer import Enhancer, LevelOutput, resolve_checkpoint
-from .image import InputError, ZoomError, check_zoom, levels_for_zoom
-from .onnx import ONNX_PARITY_ATOL, ExportInfo, OnnxEnhancer, export_onnx
-from .receptive import receptive_radius, tile_overlap
-from .tiling import auto_tile, ramp_weights, run_tiled, tile_starts
-from .video import VideoReadError, VideoReport, enhance_video, probe_video
+import lazy_loader as _lazy
 
-__all__ = [
-    "BaseEnhancer",
-    "DeviceError",
-    "Enhancer",
-    "ExportInfo",
-    "InputError",
-    "LevelOutput",
-    "ONNX_PARITY_ATOL",
-    "OnnxEnhancer",
-    "ZoomError",
-    "check_zoom",
-    "export_onnx",
-    "levels_for_zoom",
-    "auto_tile",
-    "ramp_weights",
-    "receptive_radius",
-    "resolve_checkpoint",
-    "resolve_device",
-    "run_tiled",
-    "tile_overlap",
-    "tile_starts",
-    "VideoReadError",
-    "VideoReport",
-    "enhance_video",
-    "probe_video",
-]
+__getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
+    "base": ["BaseEnhancer", "DeviceError", "resolve_device"],
+    "enhancer": ["Enhancer", "LevelOutput", "resolve_checkpoint"],
+    "image": ["InputError", "ZoomError", "check_zoom", "levels_for_zoom"],
+    "onnx": ["ONNX_PARITY_ATOL", "ExportInfo", "OnnxEnhancer", "export_onnx"],
+    "receptive": ["receptive_radius", "tile_overlap"],
+    "tiling": ["auto_tile", "ramp_weights", "run_tiled", "tile_starts"],
+    "video": ["VideoReadError", "VideoReport", "enhance_video", "probe_video"],
+})

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import levels_for_zoom
 from .buckets import crop_window, plan_window
-from .image import InputError, Source, as_source, check_zoom, from_tensor, levels_for_zoom
+from .image import InputError, Source, as_source, check_zoom, from_tensor
 from .receptive import tile_overlap
 from .staging import HostStaging
 from .tiling import auto_tile, run_tiled

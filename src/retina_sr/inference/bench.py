@@ -2,8 +2,8 @@
 
 Every timed call is "end to end" for one frame: the uint8 RGB host frame goes in (crop, upload,
 conversion), is enhanced, and comes back as a uint8 host image of the output size. Latency is
-measured with ``time.perf_counter``; the table reports the median, 95th and 99th percentile latency
-and the FPS of the median. For one output size and zoom the methods are timed in rounds (one call of
+measured with :func:`retina_sr.runtime.time_call` (``time.perf_counter``); the table reports the
+median, 95th and 99th percentile latency and the FPS of the median. For one output size and zoom the methods are timed in rounds (one call of
 each per round, after one warm-up call each), so on a shared machine they see the same load; compare
 rows of the same run only (and say when the machine was shared).
 
@@ -29,15 +29,22 @@ import copy
 import math
 import re
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
+
+from ..config import parse_arch  # re-exported for `retina-sr bench` (commands.py)
+from ..runtime import time_call
+
+if TYPE_CHECKING:
+    from .enhancer import Enhancer
+    from .onnx import OnnxEnhancer
 
 __all__ = ["BenchRow", "ESPCN", "parse_sizes", "parse_arch", "find_models", "run_bench", "format_table"]
 
@@ -88,14 +95,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     if not out:
         raise ValueError("no output size given (e.g. --sizes 1920x1080)")
     return out
-
-
-def parse_arch(text: str) -> tuple[int, int]:
-    """``"F64D10"`` -> ``(64, 10)``: a random-weight LapSRN of that features/depth (speed only)."""
-    m = re.fullmatch(r"[Ff](\d+)[Dd](\d+)", text.strip())
-    if not m:
-        raise ValueError(f"architecture {text!r} is not F<features>D<depth> (e.g. F16D3, F64D10)")
-    return int(m[1]), int(m[2])
 
 
 def _row(method: str, model: str, backend: str, device: str, zoom: float, in_size: tuple[int, int],
@@ -153,12 +152,6 @@ class _Timed:
     after: Callable[[], dict[str, Any]] | None = None  # checks and extra fields once timed
 
 
-def _clock(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _round_robin(timed: list[_Timed], repeats: int) -> list[list[float]]:
     """Seconds of each method's calls, one call of every method per round after one warm-up call
     each: on a shared machine every method sees the same load (not one method a quiet minute)."""
@@ -167,7 +160,7 @@ def _round_robin(timed: list[_Timed], repeats: int) -> list[list[float]]:
     times: list[list[float]] = [[] for _ in timed]
     for _ in range(repeats):
         for t, acc in zip(timed, times):
-            acc.append(_clock(t.fn))
+            acc += time_call(t.fn, repeats=1, warmup=0)
     return times
 
 
@@ -197,12 +190,12 @@ def _peers(case: _Case, peers_dir: str | Path | None, log: Callable[[str], None]
     found, skipped = load_peers(peers_dir, [int(z)])
     for reason in skipped:
         log(reason)
-    return [_Timed("peer", name, f"opencv dnn_superres ({Path(peer.path).name})", lambda p=peer: p(case.frame),
+    return [_Timed("peer", name, f"opencv dnn_superres ({Path(peer.path).name})", partial(peer, case.frame),
                    (case.in_size[0] * s, case.in_size[1] * s), "published weights (natural images)")
             for (name, s), peer in sorted(found.items())]
 
 
-def _entries(models: list[str | Path], archs: list[tuple[int, int]]) -> list[tuple[str, torch.nn.Module, dict]]:
+def _entries(models: Sequence[str | Path], archs: Sequence[tuple[int, int]]) -> list[tuple[str, torch.nn.Module, dict]]:
     """(label, model, meta) for checkpoints and random-weight architectures."""
     from ..config import ModelConfig
     from ..models import build_model
@@ -226,7 +219,8 @@ def _graphs(stats: dict) -> int:
     return sum(s.compiles for s in stats.values())
 
 
-def _fast_enhancer(model: torch.nn.Module, meta: dict, case: _Case, workdir: str, fuse: bool = True):
+def _fast_enhancer(model: torch.nn.Module, meta: dict, case: _Case, workdir: str,
+                   fuse: bool = True) -> tuple[Enhancer | OnnxEnhancer, int | None]:
     """The fast path of this device, warmed up: (enhancer, graphs compiled during warm-up or None)."""
     from .enhancer import Enhancer
     from .onnx import OnnxEnhancer, export_onnx
@@ -234,9 +228,9 @@ def _fast_enhancer(model: torch.nn.Module, meta: dict, case: _Case, workdir: str
     if case.device.type != "cuda":
         path = Path(workdir) / f"m{id(model)}_z{case.zoom:g}_{'phase' if fuse else 'plain'}.onnx"
         export_onnx(model, path, case.zoom, meta=meta, fuse=fuse)
-        fenh = OnnxEnhancer(path, threads=torch.get_num_threads())
-        fenh.warmup(case.in_size, [case.zoom])
-        return fenh, None
+        onnx_enh = OnnxEnhancer(path, threads=torch.get_num_threads())
+        onnx_enh.warmup(case.in_size, [case.zoom])
+        return onnx_enh, None
     torch._dynamo.reset()  # every entry compiles from scratch: its own graphs, its own recompile budget
     fenh = Enhancer(copy.deepcopy(model), meta, device=case.device, fast=True)  # a copy: channels_last in place
     fenh.warmup(case.in_size, [case.zoom])
@@ -262,8 +256,8 @@ def _fast(case: _Case, label: str, model: torch.nn.Module, meta: dict, workdir: 
                                f"warm-up at {case.in_size[0]}x{case.in_size[1]} x{case.zoom:g}: the timing would "
                                "include compilation; the input shape is not stable (bucket)")
         ref = Enhancer(model, meta, device=case.device, bucket=getattr(fenh, "bucket", None) or 0)
-        diff = float(np.abs(fenh.enhance(case.frame, case.zoom).astype(np.int16)
-                            - ref.enhance(case.frame, case.zoom).astype(np.int16)).max())
+        diff = float(np.abs(np.asarray(fenh.enhance(case.frame, case.zoom), dtype=np.int16)
+                            - np.asarray(ref.enhance(case.frame, case.zoom), dtype=np.int16)).max())
         return {"compiles": compiles, "recompiles": recompiles, "max_abs_vs_fp32": diff}
 
     note = f"{len(stats)} bucket(s) warmed up explicitly" if compiles is not None else "warmed up explicitly"
@@ -292,12 +286,12 @@ def _case_rows(case: _Case, timed: list[_Timed], log: Callable[[str], None]) -> 
 
 
 def run_bench(
-    models: list[str | Path],
+    models: Sequence[str | Path],
     sizes: list[tuple[int, int]],
     zooms: list[float],
     repeats: int = 3,
     device: str = "auto",
-    archs: list[tuple[int, int]] = (),
+    archs: Sequence[tuple[int, int]] = (),
     fast: bool = True,
     baselines: bool = True,
     log: Callable[[str], None] = print,

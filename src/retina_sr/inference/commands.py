@@ -127,12 +127,14 @@ def _zoom(args: argparse.Namespace) -> int:
                             compile=False if args.no_compile else None)
         kw = {"roi": roi, "tile": args.tile, "overlap": args.overlap}
         if kind == "image":
+            assert out is not None  # only a live source may run without an output file
             with _tile_bar(inp.name, not args.quiet) as bar:
                 img, res = _enhance_file(enh, inp, out, args, kw, bar)
             print(f"{inp} ({img.shape[1]}x{img.shape[0]}) -> {out} ({res.shape[1]}x{res.shape[0]}), "
                   f"zoom {args.zoom:g}, {enh.mode}")
             return 0
         if kind == "folder":
+            assert out is not None
             return _zoom_folder(enh, inp, out, pairs, args, kw)
         return _zoom_video(enh, args.input, out, args, kw)
 
@@ -172,7 +174,7 @@ def _zoom_video(enh, src: str, out: Path | None, args: argparse.Namespace, kw: d
             "max_frames": args.frames}
     try:
         report = enhance_video(enh, src, part, args.zoom, progress=not args.quiet, queue_size=args.queue, **kw, **opts)
-        if part is not None:
+        if part is not None and out is not None:
             os.replace(part, out)
     except NonFiniteOutputError as err:
         raise NonFiniteOutputError(f"{args.model}: {err} (input {src}, nothing written)") from None

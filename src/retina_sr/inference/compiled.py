@@ -65,8 +65,8 @@ class CompiledLevels:
 
     def _runner(self, n_up: int) -> Callable[[torch.Tensor], torch.Tensor]:
         if n_up not in self._runners:
-            kw = {"mode": self.mode} if self.mode else {}
-            self._runners[n_up] = torch.compile(self._make_level(n_up), backend=self.backend, dynamic=False, **kw)
+            self._runners[n_up] = torch.compile(self._make_level(n_up), backend=self.backend, dynamic=False,
+                                                mode=self.mode or None)
         return self._runners[n_up]
 
     def __call__(self, x: torch.Tensor, n_up: int) -> torch.Tensor:

@@ -144,7 +144,8 @@ class Enhancer(BaseEnhancer):
         self.memory_budget = default_memory_budget(self.device) if memory_budget is None else memory_budget
         self.model = model.to(self.device).eval()
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (documented) but torch's stubs leave it out of every overload
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._compiled = CompiledLevels(lambda n: LevelOutput(self.model, n),
                                         "reduce-overhead" if self.device.type == "cuda" else None,
                                         compile_backend) if self._compile else None

@@ -19,13 +19,17 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .base import BaseEnhancer, resolve_device
-from .image import levels_for_zoom
+from ..config import levels_for_zoom
+from .base import resolve_device
+
+if TYPE_CHECKING:
+    from .enhancer import Enhancer
+    from .onnx import OnnxEnhancer
 
 __all__ = ["FastUpscaler", "fast_upscaler"]
 
@@ -36,8 +40,8 @@ class FastUpscaler:
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device,
                  amp_dtype: torch.dtype | None) -> None:
         self._model, self._meta, self.device = model, meta, device
-        self._torch: BaseEnhancer | None = None
-        self._onnx: dict[int, BaseEnhancer] = {}
+        self._torch: Enhancer | None = None
+        self._onnx: dict[int, OnnxEnhancer] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
         if device.type == "cuda" or amp_dtype is not None:
             from .enhancer import Enhancer
@@ -50,13 +54,14 @@ class FastUpscaler:
             self._tmp = tempfile.TemporaryDirectory(prefix="retina-sr-fast-")
             self.mode = "onnxruntime (phase graph)"
 
-    def _enhancer(self, scale: int) -> BaseEnhancer:
+    def _enhancer(self, scale: int) -> Enhancer | OnnxEnhancer:
         if self._torch is not None:
             return self._torch
         n_up = levels_for_zoom(scale)
         if n_up not in self._onnx:
             from .onnx import OnnxEnhancer, export_onnx
 
+            assert self._tmp is not None  # made in __init__ whenever there is no torch enhancer
             path = Path(self._tmp.name) / f"x{2**n_up}.onnx"
             export_onnx(self._model, path, scale, meta=self._meta)
             self._onnx[n_up] = OnnxEnhancer(path, threads=torch.get_num_threads(), device="cpu")
@@ -64,7 +69,7 @@ class FastUpscaler:
         return self._onnx[n_up]
 
     def __call__(self, lr: np.ndarray, scale: int) -> np.ndarray:
-        return self._enhancer(int(scale)).enhance(np.asarray(lr), int(scale))
+        return np.asarray(self._enhancer(int(scale)).enhance(np.asarray(lr), int(scale)))  # numpy in, numpy out
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -23,9 +23,14 @@ another size and falls back to the plain graph if the check fails. Upsamplers wi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..models.lapsrn import LapSRN
 
 __all__ = ["PhaseBicubic", "PhaseConvUp", "phase_conv3x3", "PhaseLapSRN", "phase_form"]
 
@@ -42,6 +47,8 @@ def _cubic(x: float, a: float = -0.75) -> float:
 
 class PhaseBicubic(nn.Module):
     """2x bicubic upsampling of ``channels`` channels as four 5x5 phase kernels (module doc)."""
+
+    weight: Tensor  # a buffer (register_buffer)
 
     def __init__(self, channels: int = 3) -> None:
         super().__init__()
@@ -80,7 +87,7 @@ class PhaseConvUp(nn.Module):
         conv = nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=deconv.bias is not None)
         with torch.no_grad():
             conv.weight.copy_(k.reshape(4 * cout, cin, 3, 3))
-            if deconv.bias is not None:
+            if deconv.bias is not None and conv.bias is not None:  # conv has a bias exactly when deconv has
                 conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
         return cls(conv, act)
 
@@ -108,12 +115,15 @@ def phase_conv3x3(conv: nn.Conv2d) -> nn.Conv2d:
     out = nn.Conv2d(4 * cin, 4 * cout, 3, padding=1, bias=conv.bias is not None)
     with torch.no_grad():
         out.weight.copy_(k.reshape(4 * cout, 4 * cin, 3, 3))
-        if conv.bias is not None:
+        if conv.bias is not None and out.bias is not None:  # out has a bias exactly when conv has
             out.bias.copy_(conv.bias.detach().repeat_interleave(4))
     return out
 
 
-def phase_form(up: nn.Module) -> nn.Module:
+_Phased: TypeAlias = PhaseBicubic | PhaseConvUp  # upsamplers with a phases() form
+
+
+def phase_form(up: Any) -> nn.Module:
     """The phase form of a LapSRN 2x upsampler, or ``up`` itself when it has none."""
     kind = getattr(up, "kind", None)
     if kind is None and type(up).__name__ == "BicubicUp2x":
@@ -133,6 +143,7 @@ class PhaseLapSRN(nn.Module):
 
     def __init__(self, model: nn.Module, n_up: int) -> None:
         super().__init__()
+        model = cast("LapSRN", model)  # its attributes; nn.Module's own __getattr__ types them loosely
         self.n_up = int(n_up)
         shared = bool(model.cfg.share_weights)
 
@@ -146,7 +157,7 @@ class PhaseLapSRN(nn.Module):
         self.res = nn.ModuleList([model.res[idx(k)] for k in range(n)])
         self.embed = nn.ModuleList([model.embed[idx(k + 1)] for k in range(max(0, n - 1))])
         top = n > 0 and all(hasattr(m, "phases") for m in (self.feat[-1], self.img[-1]))
-        self.top_res = phase_conv3x3(self.res[-1]) if top else None
+        self.top_res = phase_conv3x3(cast(nn.Conv2d, self.res[-1])) if top else None
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.embed0(self.act(self.head(x)))
@@ -159,6 +170,7 @@ class PhaseLapSRN(nn.Module):
             if k < n - 1:
                 g = self.embed[k](h)
         if self.top_res is not None:
-            z = self.feat[-1].phases(g)
-            y = F.pixel_shuffle(self.img[-1].phases(y) + self.top_res(z), 2)
+            feat, img = cast(_Phased, self.feat[-1]), cast(_Phased, self.img[-1])  # `top`: both have phases()
+            z = feat.phases(g)
+            y = F.pixel_shuffle(img.phases(y) + self.top_res(z), 2)
         return y

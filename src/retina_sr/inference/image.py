@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import levels_for_zoom  # re-exported: base, onnx, fastpath and the package import it from here
+
 __all__ = ["InputError", "ZoomError", "NonFiniteOutputError", "InputSpec", "Source", "as_source", "from_tensor",
            "to_dtype", "check_zoom", "levels_for_zoom"]
 
@@ -198,14 +200,6 @@ def to_dtype(a: np.ndarray, dtype: Any) -> np.ndarray:
     if dtype == np.uint16:
         return np.ascontiguousarray((a * 65535.0 + 0.5).clip(0, 65535).astype(np.uint16))
     return np.ascontiguousarray(a.astype(dtype if dtype == np.float64 else np.float32))
-
-
-def levels_for_zoom(zoom: float) -> int:
-    """Pyramid levels (``n_up``) needed for ``zoom``: the next power of two at or above it.
-
-    Zoom 1 -> 0 (the same-size deblur/denoise level), 1.5 and 2 -> 1, 3 and 4 -> 2, 8 -> 3.
-    """
-    return max(0, math.ceil(math.log2(zoom) - 1e-9))
 
 
 def check_zoom(zoom: float, max_zoom: int, source: str = "the model") -> float:

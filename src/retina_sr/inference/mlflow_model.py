@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
+from mlflow.pyfunc.model import PythonModel
 
 __all__ = ["EnhancerModel", "enhancer_signature", "enhancer_input_example", "log_enhancer_model"]
 
@@ -27,7 +27,7 @@ __all__ = ["EnhancerModel", "enhancer_signature", "enhancer_input_example", "log
 DEFAULT_ZOOM = 4.0
 
 
-class EnhancerModel(mlflow.pyfunc.PythonModel):
+class EnhancerModel(PythonModel):
     """``predict(images, params={"zoom": z})``: ``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 RGB in,
     ``(N, round(z*H), round(z*W), 3)`` uint8 out."""
 

@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import levels_for_zoom
 from ..models.checkpoint import CheckpointError, load_model
 from .base import DEFAULT_CPU_BUDGET, BaseEnhancer, resolve_device
 from .enhancer import LevelOutput, resolve_checkpoint
 from .fuse import PhaseLapSRN
-from .image import ZoomError, check_zoom, levels_for_zoom
+from .image import ZoomError, check_zoom
 from .receptive import receptive_radius
 
 __all__ = ["ExportInfo", "export_onnx", "OnnxEnhancer", "ONNX_PARITY_ATOL"]
@@ -197,7 +198,7 @@ def export_onnx(
     reference = LevelOutput(model, n_up).eval()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    graphs = [("phase", PhaseLapSRN(model, n_up).eval())] if fuse else []
+    graphs: list[tuple[str, torch.nn.Module]] = [("phase", PhaseLapSRN(model, n_up).eval())] if fuse else []
     graphs.append(("plain", reference))
     graph_error = None
     for graph, module in graphs:

@@ -17,8 +17,12 @@ support of the input gradient. LapSRN F64 D10 at x8: 21 px (tile overlap 84); F1
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.lapsrn import LapSRN
 
 __all__ = ["receptive_radius", "tile_overlap"]
 
@@ -35,8 +39,9 @@ def _embed_radius(block: nn.Module) -> float:
     return getattr(block, "recursions", 1) * _conv_radius(getattr(block, "block", block))
 
 
-def _up_radius(up: nn.Module) -> float:
-    """Radius of a 2x upsampler in the pixels of its (coarser) input."""
+def _up_radius(up: Any) -> float:
+    """Radius of a 2x upsampler (``BicubicUp2x``, ``Upsample2x``: ``kind``, ``op``, ``image``) in the
+    pixels of its (coarser) input."""
     kind = getattr(up, "kind", None)
     if kind is None:  # BicubicUp2x: 4 taps, two on each side
         return 2.0
@@ -61,6 +66,7 @@ def receptive_radius(model: nn.Module, n_up: int | None = None) -> int:
     >>> receptive_radius(build_model(ModelConfig(features=64, depth=10), levels=3))
     21
     """
+    model = cast("LapSRN", model)  # the attributes above; nn.Module's own __getattr__ types them loosely
     n = model.levels if n_up is None else int(n_up)
     shared = bool(model.cfg.share_weights)
 

@@ -331,7 +331,7 @@ def _report(enhancer: BaseEnhancer, source: Any, dst: Any, pipe: _Pipeline, wind
     if not source.fps_known:
         notes.append(f"no frame rate in the input; assumed {source.fps:g} FPS")
     return VideoReport(
-        str(source.name), str(dst) if dst is not None else None, c.frames, tuple(c.in_size), tuple(c.out_size),
+        str(source.name), str(dst) if dst is not None else None, c.frames, c.in_size, c.out_size,
         source.fps, achieved, seconds, achieved >= source.fps, getattr(enhancer, "mode", type(enhancer).__name__),
         percentile_ms(pipe.latencies, 50), percentile_ms(pipe.latencies, 99), percentile_ms(c.times, 50),
         percentile_ms(c.times, 99), pipe.sink.name if pipe.sink else "", pipe.dropped, notes)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -98,6 +98,8 @@ class PyAVSource:
             for packet in self._c.demux(*streams):
                 if packet.stream is self._v:
                     for fr in packet.decode():
+                        if not isinstance(fr, av.VideoFrame):  # the video stream decodes video frames only
+                            continue
                         pts = fr.pts if fr.pts is not None else round(index / self.rate / self.time_base)
                         index += 1
                         yield Frame(fr.to_ndarray(format="rgb24"), pts, self.time_base, time.perf_counter())
@@ -159,7 +161,7 @@ class IterSource:
         self.rate = _fraction(fps, 30.0)
         self.fps, self.fps_known = float(self.rate), True
         self.time_base = 1 / self.rate
-        self.frames = len(frames) if hasattr(frames, "__len__") else None
+        self.frames = len(frames) if isinstance(frames, Sized) else None
         self.size = size
 
     def __iter__(self) -> Iterator[Frame]:
@@ -212,11 +214,15 @@ class PyAVSink:
                                  f"{self.size[1]} (one replicated edge pixel)")
         self._c = av.open(str(dst), "w")
         try:
-            self._v = self._c.add_stream(codec, rate=rate)
+            v = self._c.add_stream(codec, rate=rate)
+            if not isinstance(v, av.VideoStream):
+                raise ValueError(f"{codec} is not a video encoder")
+            self._v = v
             self._v.width, self._v.height = self.size
             self._v.pix_fmt = "yuv420p"
             self._v.time_base = self._v.codec_context.time_base = time_base  # the input's clock, not 1/fps
-            quality = {"crf": str(crf), "preset": preset} if codec.startswith("libx26") else {"cq": str(crf)}
+            quality: dict[str, object] = ({"crf": str(crf), "preset": preset} if codec.startswith("libx26")
+                                          else {"cq": str(crf)})
             self._v.options = quality
             self._a = self._add_audio(audio)
             self._c.start_encoding()  # opens the file and writes the header: a bad path fails here
@@ -262,7 +268,7 @@ class OpenCVSink:
         import cv2
 
         self.warnings: list[str] = []
-        self._vw = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self._vw = cv2.VideoWriter(str(dst), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
         if not self._vw.isOpened():
             raise OSError(f"{dst}: cannot open a video writer (mp4v, {size[0]}x{size[1]} @ {fps:.2f} FPS)")
         self.name = "mp4v (OpenCV fallback)"
@@ -285,6 +291,7 @@ def open_sink(dst: str | Path, size: tuple[int, int], source: Any, crf: int = 18
     ``libx264``; when PyAV cannot open the output at all, :class:`OpenCVSink`. Every fallback is
     recorded in the sink's ``warnings``; :class:`OSError` naming ``dst`` when nothing can write it."""
     reasons: list[str] = []
+    sink: PyAVSink | OpenCVSink
     for name in dict.fromkeys([codec, "libx264"]):
         try:
             sink = PyAVSink(dst, size, source.rate, source.time_base, source.audio, crf, preset, name)
@@ -307,7 +314,8 @@ class Preview:
     no display) it disables itself with a warning and the pipeline runs on."""
 
     def __init__(self, title: str = "retina-sr") -> None:
-        self.title, self.enabled, self.warning = title, True, None
+        self.title, self.enabled = title, True
+        self.warning: str | None = None
         self._shown = False
 
     def show(self, rgb: np.ndarray) -> bool:

@@ -27,6 +27,7 @@ form), the weighted mean is taken and normalised to [0, 1] again.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -50,7 +51,23 @@ __all__ = [
 
 def gaussian_kernel1d(sigma: float, order: int = 0, dtype: torch.dtype = torch.float32,
                       device: torch.device | None = None) -> Tensor:
-    """Sampled 1-D Gaussian (order 0) or its first/second derivative (order 1/2), radius ceil(3 sigma)."""
+    """Sampled 1-D Gaussian (order 0) or its first/second derivative (order 1/2), radius ceil(3 sigma).
+
+    Built once per ``(sigma, order, dtype, device)`` and cached (:func:`_cached_kernel`): the saliency
+    map needs 17 kernels per call, and building them on the host plus a blocking ``.to(device)`` every
+    training step would stall a GPU. The returned tensor is shared: do not modify it in place."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return _cached_kernel(float(sigma), int(order), dtype, dev)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_kernel(sigma: float, order: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return _build_kernel(sigma, order).to(dtype=dtype, device=device)
+
+
+def _build_kernel(sigma: float, order: int) -> Tensor:
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     r = max(1, math.ceil(3 * sigma))
@@ -64,7 +81,7 @@ def gaussian_kernel1d(sigma: float, order: int = 0, dtype: torch.dtype = torch.f
         g = g - g.mean()  # exact zero response to constants
     elif order != 0:
         raise ValueError(f"order must be 0, 1 or 2, got {order}")
-    return g.to(dtype=dtype, device=device)
+    return g
 
 
 def _sep_conv(x: Tensor, ky: Tensor, kx: Tensor) -> Tensor:

@@ -1,9 +1,9 @@
-"""Training/validation patches (``data/patches/{train,val}.npz``) and a resumable batch sampler.
+"""Training/validation patches (``data/patches/{train,val}.npy``) and a resumable batch sampler.
 
-File layout (docs/architecture.md): ``hr`` uint8 (N, crop, crop, 3) and ``lr_x{s}`` uint8
-(N, crop/s, crop/s, 3) for every zoom ``s`` in ``data.scales`` (plus ``fov``, ``ids``, not needed
-here). Arrays stay uint8 in memory; batches are converted to float NCHW in [0, 1] on the device
-(:func:`retina_sr.models.tensors.to_tensor`).
+File layout (docs/architecture.md; :func:`retina_sr.data.patches.save_patches`): one record per crop with
+the fields ``hr`` uint8 (crop, crop, 3) and ``lr_x{s}`` uint8 (crop/s, crop/s, 3) for every zoom ``s`` in
+``data.scales`` (plus ``fov``, ``ids``), memory-mapped. Arrays stay uint8 on disk; batches are converted to
+float NCHW in [0, 1] on the device (:func:`retina_sr.models.tensors.to_tensor`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,14 @@ class PatchSet:
 
 
 def load_patches(path: str | Path, scales: list[int], limit: int | None = None) -> PatchSet:
-    """Read ``path`` and check keys, dtypes and shapes against ``scales``; errors name the file and key.
+    """Map ``path`` (``np.load(mmap_mode="c")``) and check fields, dtypes and shapes against ``scales``;
+    errors name the file and key.
 
-    ``limit`` keeps ``limit`` patches evenly spaced over the file (validation uses
+    The arrays of the returned set are :class:`numpy.memmap` views of the file (one record per crop:
+    :func:`retina_sr.data.patches.save_patches`): indexing a batch (``hr[idx]``) reads only those crops, so
+    a training process holds its batches, not the split (~6 GB in the full study). Copy-on-write
+    (``"c"``): the views are writable for torch, and a write never reaches the file.
+    ``limit`` keeps ``limit`` patches evenly spaced over the file, copied into memory (validation uses
     ``train.loop.max_val_patches``): the file holds the patches image by image, so its first ``limit``
     patches would come from the first few images only.
     """
@@ -49,21 +54,23 @@ def load_patches(path: str | Path, scales: list[int], limit: int | None = None) 
     if not path.is_file():
         raise PatchDataError(f"patches file {path} not found: run the 'patches' stage first (dvc repro patches)")
     try:
-        npz = np.load(path, allow_pickle=False)
+        rec = np.load(path, mmap_mode="c", allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any reader failure means a bad file
-        raise PatchDataError(f"{path} is not a readable .npz file ({type(err).__name__}: {err}): rerun the 'patches' stage") from None
-    with npz:
-        keys = set(npz.files)
-        needed = ["hr"] + [f"lr_x{s}" for s in scales]
-        missing = [k for k in needed if k not in keys]
-        if missing:
-            raise PatchDataError(
-                f"{path}: missing arrays {missing} (has {sorted(keys)}); data.scales is {scales}: "
-                "rerun the 'patches' stage with the same data.scales"
-            )
-        hr = npz["hr"]
-        lr = {s: npz[f"lr_x{s}"] for s in scales}
-        fov = npz["fov"].astype(bool) if "fov" in keys else None
+        raise PatchDataError(f"{path} is not a readable .npy file ({type(err).__name__}: {err}): rerun the 'patches' stage") from None
+    keys = set(rec.dtype.names or ())
+    if rec.ndim != 1 or not keys:
+        raise PatchDataError(f"{path}: expected one record per crop (a structured array), got {rec.dtype} {rec.shape}: "
+                             "rerun the 'patches' stage")
+    needed = ["hr"] + [f"lr_x{s}" for s in scales]
+    missing = [k for k in needed if k not in keys]
+    if missing:
+        raise PatchDataError(
+            f"{path}: missing arrays {missing} (has {sorted(keys)}); data.scales is {scales}: "
+            "rerun the 'patches' stage with the same data.scales"
+        )
+    hr = rec["hr"]
+    lr = {s: rec[f"lr_x{s}"] for s in scales}
+    fov = rec["fov"] if "fov" in keys else None
     if hr.dtype != np.uint8 or hr.ndim != 4 or hr.shape[3] != 3 or hr.shape[1] != hr.shape[2]:
         raise PatchDataError(f"{path}: 'hr' must be uint8 (N, crop, crop, 3), got {hr.dtype} {hr.shape}")
     if hr.shape[0] == 0:
@@ -73,14 +80,13 @@ def load_patches(path: str | Path, scales: list[int], limit: int | None = None) 
         want = (hr.shape[0], crop // s, crop // s, 3)
         if a.dtype != np.uint8 or a.shape != want or crop % s:
             raise PatchDataError(f"{path}: 'lr_x{s}' must be uint8 {want}, got {a.dtype} {a.shape}")
-    if fov is not None and fov.shape != hr.shape[:3]:
+    if fov is not None and (fov.dtype != bool or fov.shape != hr.shape[:3]):
         raise PatchDataError(f"{path}: 'fov' must be bool {hr.shape[:3]}, got {fov.dtype} {fov.shape}")
     if limit is not None and limit < hr.shape[0]:
         keep = np.linspace(0, hr.shape[0] - 1, limit).round().astype(np.int64)
         hr, lr = hr[keep], {s: a[keep] for s, a in lr.items()}
         fov = fov[keep] if fov is not None else None
-    return PatchSet(hr=np.ascontiguousarray(hr), lr={s: np.ascontiguousarray(a) for s, a in lr.items()}, path=path,
-                    fov=None if fov is None else np.ascontiguousarray(fov))
+    return PatchSet(hr=hr, lr=lr, path=path, fov=fov)
 
 
 class BatchSampler:
@@ -131,26 +137,29 @@ class BatchSampler:
 class OnlineDegrader:
     """Fresh LR inputs every step from the stored HR crops (``train.loop.degradation: online``).
 
-    For step ``k`` a generator seeded with ``(seed, k)`` draws, per patch, one of the 8 dihedral
-    transforms and a blur sigma / noise std / JPEG quality from ``data.patches``' ranges, then applies
-    the patches stage's own :func:`retina_sr.data.patches.degrade`: one degradation model, and a run
-    that resumes at step ``k`` draws exactly what an uninterrupted run would. With fixed LR arrays,
-    100 epochs would show every crop with the same noise 100 times (the model memorises it).
+    For step ``k`` the patch at position ``i`` of the global batch gets its own generator seeded with
+    ``(seed, k, i)``; it draws one of the 8 dihedral transforms and a blur sigma / noise std / JPEG
+    quality from ``data.patches``' ranges, then the patches stage's own
+    :func:`retina_sr.data.patches.degrade` applies them: one degradation model, and a run that resumes at
+    step ``k`` draws exactly what an uninterrupted run would. Because the draw depends on the position
+    in the global batch only (``offset``), the shards of a data-parallel run together degrade the global
+    batch exactly as one process does. With fixed LR arrays, 100 epochs would show every crop with the
+    same noise 100 times (the model memorises it).
     """
 
     def __init__(self, cfg, seed: int) -> None:
         self.cfg, self.seed = cfg, int(seed)
 
-    def __call__(self, hr: np.ndarray, zoom: int, step: int,
-                 fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``hr`` uint8 (N, c, c, 3) [+ ``fov`` bool (N, c, c)] -> (transformed HR, its LR
-        (N, c/zoom, c/zoom, 3), transformed FOV or None)."""
+    def __call__(self, hr: np.ndarray, zoom: int, step: int, fov: np.ndarray | None = None,
+                 offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``hr`` uint8 (N, c, c, 3) [+ ``fov`` bool (N, c, c)], the global batch's items ``offset`` ..
+        ``offset + N - 1`` -> (transformed HR, its LR (N, c/zoom, c/zoom, 3), transformed FOV or None)."""
         from ..data.patches import degrade
 
         pc = self.cfg
-        rng = np.random.default_rng([self.seed, 0x5EED, int(step)])
         hrs, lrs, fovs = [], [], []
         for i, img in enumerate(hr):
+            rng = np.random.default_rng([self.seed, 0x5EED, int(step), int(offset) + i])
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             img = np.ascontiguousarray(_dihedral(img, k, flip))
             if fov is not None:

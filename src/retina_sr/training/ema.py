@@ -39,12 +39,16 @@ class ModelEMA:
         self.updates += 1
         d = self.current_decay()
         own = self.module.state_dict()
+        shadows, values = [], []
         for name, value in model.state_dict().items():
             shadow = own[name]
             if shadow.dtype.is_floating_point:
-                shadow.mul_(d).add_(value.detach().to(shadow.dtype), alpha=1.0 - d)
+                shadows.append(shadow)
+                values.append(value.detach().to(shadow.dtype))
             else:
                 shadow.copy_(value)
+        if shadows:  # shadow += (1 - d) * (value - shadow): one multi-tensor kernel, not a loop of small ones
+            torch._foreach_lerp_(shadows, values, 1.0 - d)
 
     def current_decay(self) -> float:
         """The decay used by update number ``self.updates``."""

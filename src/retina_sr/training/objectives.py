@@ -96,11 +96,14 @@ class PhaseLosses(nn.Module):
         return self.spec.adversarial is not None
 
     def generator(self, outputs: list[Tensor], hr: Tensor, fov: Tensor | None = None,
-                  disc: nn.Module | None = None, step: int = 0, pixel_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+                  disc: nn.Module | None = None, step: int = 0, pixel_only: bool = False,
+                  d_real: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Generator loss for the pyramid ``outputs`` of one batch against ``hr`` (fp32 losses).
 
         ``pixel_only``: the Charbonnier term alone (a modified variant catching up on the L1 budget);
-        ``step`` counts the phase's own steps (the adversarial warm-up)."""
+        ``step`` counts the phase's own steps (the adversarial warm-up); ``d_real``: the discriminator's
+        logits of ``hr`` when the caller already has them (the trainer's one real pass per step), else
+        the relativistic loss computes them."""
         from ..losses import generator_adversarial_loss, pyramid_charbonnier
 
         s = self.spec
@@ -131,7 +134,10 @@ class PhaseLosses(nn.Module):
                 raise ValueError("the adversarial loss set needs the discriminator")
             if step >= a.warmup_steps and a.adversarial_weight > 0:
                 d_fake = disc(final).float()
-                d_real = disc(hr).float() if a.gan_type == "relativistic" else None
+                if a.gan_type != "relativistic":
+                    d_real = None
+                elif d_real is None:
+                    d_real = disc(hr).float()
                 terms["adv_g"] = generator_adversarial_loss(d_fake, d_real, a.gan_type)
                 total = total + a.adversarial_weight * terms["adv_g"]
             else:
@@ -139,14 +145,16 @@ class PhaseLosses(nn.Module):
         terms["loss"] = total
         return total, {k: v.detach() for k, v in terms.items()}
 
-    def discriminator(self, fake: Tensor, hr: Tensor, disc: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
-        """Discriminator loss on real ``hr`` vs generated ``fake`` (detached from the generator)."""
+    def discriminator(self, fake: Tensor, hr: Tensor, disc: nn.Module,
+                      d_real: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Discriminator loss on real ``hr`` vs generated ``fake`` (detached from the generator);
+        ``d_real``: ``disc(hr)`` with its graph when the caller ran it already (one real pass per step)."""
         from ..losses import discriminator_loss
 
         a = self.spec.adversarial
         if a is None:
             raise ValueError("this phase has no discriminator")
-        d_real = disc(hr).float()
+        d_real = disc(hr).float() if d_real is None else d_real
         d_fake = disc(fake.detach()).float()
         loss = discriminator_loss(d_real, d_fake, a.gan_type)
         with torch.no_grad():

@@ -12,15 +12,21 @@ Per step (Lai et al. 2017, LapSRN; the loss set of each phase is in :mod:`.objec
 6. the EMA of the weights (``train.loop.ema_decay``) is updated.
 
 At a boundary step (:meth:`TrainingRun.boundary`): every ``val_every`` steps (and at the end) PSNR per
-zoom is measured on ``val.npz`` with the EMA weights (raw weights when EMA is off) and the best mean PSNR
+zoom is measured on ``val.npy`` with the EMA weights (raw weights when EMA is off) and the best mean PSNR
 is kept for ``model.pt``; every ``checkpoint_every`` steps (and at the end) ``last.pt`` stores the full
 resume state, so a stage killed with SIGKILL and started again continues from there and ends with the
 same weights as an uninterrupted run (bit-exact on CPU). A ``last.pt`` written for another configuration
 (:func:`stage_fingerprint`: the stage's parameters, the data hash, the init checkpoint) is ignored and
 training starts over. Products and the MLflow run: :mod:`.outputs`.
 
-Device: ``train.loop.device`` (``auto``: CUDA when present); on CUDA bf16 autocast (``train.loop.amp``)
-and channels_last (``train.loop.channels_last``); both are no-ops on CPU.
+Device: ``train.loop.device`` (``auto``: CUDA when present); on CUDA bf16 autocast (``train.loop.amp``),
+channels_last (``train.loop.channels_last``), ``cudnn.benchmark`` (few shapes: one per zoom) and fused
+Adam; on CPU Adam's ``foreach`` path. ``train.loop.devices`` > 1: data-parallel under ``torchrun``
+(:mod:`.distributed`): every rank draws the same global batch and trains on its slice (the online
+degradation of a patch depends on its position in the global batch, not on the rank), DDP averages the
+gradients, the logged losses are averaged over the ranks; rank 0 alone validates and writes ``last.pt``,
+``model.pt``, plots, metrics and the MLflow run, and every rank resumes from the same ``last.pt`` (each
+restores its own RNG state). The relativistic GAN's batch means are taken over each rank's slice.
 """
 
 from __future__ import annotations
@@ -35,14 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import paths, phases
 from ..config import ModelConfig, Params, PhaseConfig, levels_for_zoom
 from ..models.tensors import to_tensor
-from ..runtime import file_sha256, pick_device, seed_everything
+from ..runtime import file_sha256, seed_everything
 from .data import BatchSampler, OnlineDegrader, PatchSet, load_patches
+from .distributed import DistContext
 from .ema import ModelEMA
 from .objectives import PhaseLosses, loss_spec
 from .state import capture_rng, fingerprint, load_state, restore_rng, save_state
@@ -168,8 +176,12 @@ def init_weights(model: nn.Module, path: Path, partial: bool, levels: int) -> di
 
 
 def build_optimizer(module: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam (Kingma & Ba 2015), betas (0.9, 0.999), no weight decay."""
-    return torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999))
+    """Adam (Kingma & Ba 2015), betas (0.9, 0.999), no weight decay; the fused kernel when the
+    parameters are on CUDA, the multi-tensor (``foreach``) path otherwise."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if params and all(p.device.type == "cuda" for p in params):
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), foreach=True)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int,
@@ -211,20 +223,27 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 class TrainingRun:
     """Mutable training state of one phase (everything ``last.pt`` stores) and its step."""
 
-    def __init__(self, params: Params, plan: PhasePlan, device: torch.device, train: PatchSet) -> None:
+    def __init__(self, params: Params, plan: PhasePlan, device: torch.device, train: PatchSet,
+                 dist: DistContext | None = None) -> None:
         from ..models.discriminator import Discriminator
         from ..models.lapsrn import build_model
 
         t = params.train.loop
         self.params, self.plan, self.device, self.loop = params, plan, device, t
+        self.dist = dist or DistContext()
+        if t.batch_size % self.dist.world:
+            raise ValueError(f"train.loop.batch_size {t.batch_size} is not divisible by {self.dist.world} processes "
+                             "(train.loop.devices)")
         self.scales = list(params.data.scales)
         self.levels = params.data.levels
         self.cuda = device.type == "cuda"
         self.amp = t.amp and self.cuda
         self.channels_last = t.channels_last and self.cuda
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # one input shape per zoom: the autotuner's choice sticks
 
-        seed_everything(params.seed)
+        seed_everything(params.seed)  # the same initial weights on every rank
         self.model = build_model(plan.model_cfg, self.levels).to(device, memory_format=mf)  # type: ignore[call-overload]
         self.init: dict[str, Any] | None = None
         if plan.init_from is not None:
@@ -252,6 +271,18 @@ class TrainingRun:
         self.sampler = BatchSampler(len(train), t.batch_size, params.seed)
         self.degrader = OnlineDegrader(params.data.patches, params.seed) if t.degradation == "online" else None
         self.train_data = train
+        # DDP wrappers (training forward/backward only; state, EMA and evaluation use the bare modules).
+        # Zooms below the largest leave the upper pyramid levels unused: find_unused_parameters.
+        self.model_dp: nn.Module = self.model
+        self.disc_dp: nn.Module | None = self.disc
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if self.cuda else None
+            self.model_dp = DDP(self.model, device_ids=ids, find_unused_parameters=len(self.scales) > 1)
+            if self.disc is not None:
+                self.disc_dp = DDP(self.disc, device_ids=ids)
+        seed_everything(params.seed + self.dist.rank)  # per-rank RNG streams (rank 0: the single-process one)
         self.step = 0
         self.best_val = -math.inf
         self.best_step = 0
@@ -275,33 +306,50 @@ class TrainingRun:
         """One generator (+ discriminator) update; returns the detached loss terms (no host sync)."""
         t = self.loop
         zoom = self.scales[self.step % len(self.scales)]
-        idx = self.sampler.next()
+        shard = self.dist.shard(t.batch_size)
+        idx = self.sampler.next()[shard]  # every rank draws the global batch and keeps its slice
         fov_np = self.train_data.fov[idx] if self.train_data.fov is not None and self.spec.uses_fov else None
         if self.degrader is not None:
-            hr_np, lr_np, fov_np = self.degrader(self.train_data.hr[idx], zoom, self.step, fov_np)
+            hr_np, lr_np, fov_np = self.degrader(self.train_data.hr[idx], zoom, self.step, fov_np, offset=shard.start)
         else:
             hr_np, lr_np = self.train_data.hr[idx], self.train_data.lr[zoom][idx]
         lr = to_tensor(lr_np, self.device, self.channels_last)
         hr = to_tensor(hr_np, self.device, self.channels_last)
-        fov = None if fov_np is None else torch.from_numpy(fov_np).to(self.device, non_blocking=True)
+        fov = None
+        if fov_np is not None:  # only phases whose loss reads it (LossSpec.uses_fov) get here
+            fov = torch.from_numpy(np.ascontiguousarray(fov_np))
+            fov = fov.pin_memory().to(self.device, non_blocking=True) if self.cuda else fov
         self.model.train()
+        pixel_only = self.step < self.pretrain
+        train_d = self.disc is not None and self.opt_d is not None and self.sched_d is not None and not pixel_only
+        d_real = None
+        if train_d and self.disc_dp is not None:
+            # The discriminator's one pass on the real batch: its graph serves the D update below, its
+            # detached logits the relativistic generator loss (D does not change in between).
+            self.disc.requires_grad_(True)  # type: ignore[union-attr]
+            with autocast(self.device, self.amp):
+                d_real = self.disc_dp(hr).float()
         if self.disc is not None:
             self.disc.requires_grad_(False)  # the generator step does not train D
-        pixel_only = self.step < self.pretrain
         with autocast(self.device, self.amp):
-            outs = self.model(lr, n_up=levels_for_zoom(zoom))
-            loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain, pixel_only)
+            outs = self.model_dp(lr, n_up=levels_for_zoom(zoom))
+            loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain, pixel_only,
+                                                d_real=None if d_real is None else d_real.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gn = _clip(self.model, t.grad_clip)
         if gn is not None:
             terms["grad_norm"] = gn
+        # the loss per zoom too (plots.csv, MLflow): the zooms alternate every step and differ in loss, so the
+        # mean over a log window mixes them in varying shares and zigzags; flush_log divides by that zoom's steps
+        terms[f"loss_x{zoom}"] = terms["loss"]
         self.opt_g.step()
         self.sched_g.step()
-        if self.disc is not None and self.opt_d is not None and self.sched_d is not None and not pixel_only:
+        if train_d and self.disc is not None and self.disc_dp is not None and self.opt_d is not None \
+                and self.sched_d is not None:
             self.disc.requires_grad_(True)
             with autocast(self.device, self.amp):
-                d_loss, d_terms = self.losses.discriminator(outs[-1].detach().float(), hr, self.disc)
+                d_loss, d_terms = self.losses.discriminator(outs[-1].detach().float(), hr, self.disc_dp, d_real=d_real)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             _clip(self.disc, t.grad_clip)
@@ -320,8 +368,17 @@ class TrainingRun:
         self.acc_n += 1
 
     def flush_log(self) -> dict[str, float]:
-        """Mean of each loss term since the last flush, plus the lr of the next step; raises on NaN/inf."""
-        row = {k: float(v) / max(1, self.acc_n) for k, v in self.acc.items()}
+        """Mean of each loss term since the last flush (over the ranks too: every rank calls it at the same
+        step), plus the lr of the next step; raises on NaN/inf."""
+        if self.dist.enabled and self.acc:
+            keys = sorted(self.acc)
+            sums = torch.stack([self.acc[k] for k in keys])
+            torch.distributed.all_reduce(sums)
+            self.acc = dict(zip(keys, (sums / self.dist.world).unbind(0), strict=True))
+        first = self.step - self.acc_n  # the window's steps; the zoom of a step is scales[step % len(scales)]
+        n_at = {f"loss_x{s}": sum(self.scales[st % len(self.scales)] == s for st in range(first, self.step))
+                for s in self.scales}
+        row = {k: float(v) / max(1, n_at.get(k, self.acc_n)) for k, v in self.acc.items()}
         row["lr"] = float(self.opt_g.param_groups[0]["lr"])
         self.acc, self.acc_n = {}, 0
         bad = {k: v for k, v in row.items() if not math.isfinite(v)}
@@ -346,6 +403,11 @@ class TrainingRun:
         self.train_seconds += time.perf_counter() - self._t0
         t, step, last = self.loop, self.step, self.step == self.total_steps
         metrics = self.flush_log()
+        rngs = self._gather_rng() if step % t.checkpoint_every == 0 or last else None  # collective
+        if not self.dist.main:  # rank 0 alone validates and writes; the others wait for its checkpoint
+            self.dist.barrier()
+            self._t0 = time.perf_counter()
+            return metrics
         if step % t.val_every == 0 or last:
             psnr = validate(self.eval_model, val, self.scales, self.device, t.batch_size, self.amp, self.channels_last)
             self.last_psnr = psnr
@@ -360,9 +422,19 @@ class TrainingRun:
         if report is not None:
             report(metrics, step)
         if step % t.checkpoint_every == 0 or last:
-            save_state(last_path, self.state_dict(fp))
+            save_state(last_path, self.state_dict(fp, rngs))
+        self.dist.barrier()
         self._t0 = time.perf_counter()
         return metrics
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state (rank order), for rank 0's ``last.pt``."""
+        mine = capture_rng()
+        if not self.dist.enabled:
+            return [mine]
+        out: list[Any] = [None] * self.dist.world
+        torch.distributed.all_gather_object(out, mine)
+        return out
 
     # -- resume state
     def resume(self, last_path: Path, fp: str) -> int | None:
@@ -373,11 +445,17 @@ class TrainingRun:
         if state.get("fingerprint") != fp:
             log.info("[train %s] %s belongs to another configuration or data; starting over", self.plan.name, last_path)
             return None
+        if int(state.get("world", 1)) != self.dist.world:  # train.loop.devices is in fp: a hand-made mismatch
+            log.info("[train %s] %s was written by %s process(es), not %d; starting over", self.plan.name, last_path,
+                     state.get("world", 1), self.dist.world)
+            return None
         self.load_state_dict(state)
         log.info("[train %s] resuming from %s at step %d/%d", self.plan.name, last_path, self.step, self.total_steps)
         return self.step
 
-    def state_dict(self, fp: str) -> dict[str, Any]:
+    def state_dict(self, fp: str, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resume state; ``rngs``: the RNG state of every rank (default: this process's alone)."""
+        rngs = rngs if rngs is not None else [capture_rng()]
         return {
             "fingerprint": fp,
             "phase": self.plan.phase,
@@ -392,7 +470,9 @@ class TrainingRun:
             "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "sched_d": self.sched_d.state_dict() if self.sched_d is not None else None,
             "sampler": self.sampler.state_dict(),
-            "rng": capture_rng(),
+            "rng": rngs[0],
+            "rng_ranks": rngs[1:],
+            "world": len(rngs),
             "best_val": self.best_val,
             "best_step": self.best_step,
             "best_psnr": self.best_psnr,
@@ -426,7 +506,11 @@ class TrainingRun:
         self.acc_n = int(s["acc_n"])
         self.train_seconds = float(s["train_seconds"])
         self.run_id = s["run_id"]
-        restore_rng(s["rng"])  # last: everything above may have consumed random numbers
+        world = int(s.get("world", 1))
+        if world != self.dist.world:
+            raise ValueError(f"resume state was written by {world} process(es), this run has {self.dist.world}")
+        # last: everything above may have consumed random numbers
+        restore_rng(s["rng"] if self.dist.rank == 0 else s["rng_ranks"][self.dist.rank - 1])
 
 
 def _load_data(params: Params, root: Path) -> tuple[PatchSet, PatchSet, str]:
@@ -457,18 +541,33 @@ def train_phase(
     with ``track`` one MLflow run (:class:`.outputs.PhaseTracker`). A matching ``last.pt`` is resumed.
     ``on_step(step)`` is called after every completed step (progress hooks, tests).
     """
+    from . import distributed
+
+    t = params.train.loop
+    dist, device = distributed.setup(t.devices, t.batch_size, t.device)
+    try:
+        return _train_phase(params, phase, variant, root=Path(root), track=track, progress=progress, on_step=on_step,
+                            dist=dist, device=device)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train_phase(params: Params, phase: str, variant: str | None, *, root: Path, track: bool, progress: bool,
+                 on_step: Callable[[int], None] | None, dist: DistContext, device: torch.device) -> TrainResult:
     from tqdm.auto import tqdm
 
     from .outputs import PhaseTracker, finish, prepare_outputs
 
-    root = Path(root)
     plan = plan_phase(params, phase, variant, root)
-    device = pick_device(params.train.loop.device)
     train, val, data_hash = _load_data(params, root)
-    run = TrainingRun(params, plan, device, train)
+    run = TrainingRun(params, plan, device, train, dist)
     fp = stage_fingerprint(params, plan, data_hash, run.init)
-    last_path = prepare_outputs(plan)
+    last_path = root / paths.resume_file(plan.phase, plan.variant)
+    if dist.main:
+        last_path = prepare_outputs(plan)
+    dist.barrier()  # the others read last.pt once rank 0 has cleaned the folders
     resumed_from = run.resume(last_path, fp)
+    track, progress = track and dist.main, progress and dist.main
 
     with ExitStack() as stack:
         tracker = stack.enter_context(PhaseTracker(params, plan, run, device, data_hash, resumed_from)) if track else None
@@ -490,4 +589,7 @@ def train_phase(
             if on_step is not None:
                 on_step(run.step)
         bar.close()
+        if not dist.main:
+            return TrainResult(plan.out_dir, run.best_step, {}, {}, run.step / max(run.train_seconds, 1e-9),
+                               resumed_from, metrics={"rank": dist.rank, "steps": run.step})
         return finish(params, plan, run, val, data_hash, resumed_from, tracker)

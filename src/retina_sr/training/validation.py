@@ -1,4 +1,4 @@
-"""Validation during training: PSNR per zoom on ``val.npz`` and a comparison grid image.
+"""Validation during training: PSNR per zoom on ``val.npy`` and a comparison grid image.
 
 PSNR (peak 1.0, :func:`retina_sr.evaluation.metrics.psnr_pt`) is computed per patch on the model's last
 output clamped to [0, 1], against the HR patch, over the whole patch, and averaged over patches; the reported ``mean`` is the mean over
