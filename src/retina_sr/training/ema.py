@@ -25,7 +25,7 @@ class ModelEMA:
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay} (train.ema_decay)")
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay} (train.loop.ema_decay)")
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.module = copy.deepcopy(model).eval()
