@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_variants import every_variant
 from retina_sr.config import ModelConfig
 from retina_sr.inference import Enhancer, receptive_radius
 from retina_sr.inference.buckets import bucket_size, crop_window, plan_window
@@ -159,11 +160,7 @@ def _measured_radius(model, n_up, size=40):
     return max((ys.float() - centre).abs().max().item(), (xs.float() - centre).abs().max().item())
 
 
-@pytest.mark.parametrize("kw", [
-    dict(share_weights=s, recursions=r, block=b, upsample=u, image_branch=i)
-    for s, r, b, u, i in itertools.product([False, True], [1, 2], ["plain", "residual"],
-                                           ["deconv", "resize_conv", "subpixel"], ["bicubic", "learned"])
-], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@every_variant
 def test_receptive_radius_bounds_the_measured_support(kw):
     torch.manual_seed(0)
     m = build_model(ModelConfig(features=4, depth=2, **kw), levels=3)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from model_variants import every_variant
 from retina_sr.config import ModelConfig
 from retina_sr.inference import ONNX_PARITY_ATOL, Enhancer, OnnxEnhancer, export_onnx
 from retina_sr.inference.fuse import PhaseBicubic, PhaseConvUp, PhaseLapSRN, phase_conv3x3
@@ -37,11 +36,7 @@ def test_fine_grid_conv_on_phase_channels():
     assert torch.allclose(F.pixel_shuffle(phase_conv3x3(conv)(z), 2), conv(F.pixel_shuffle(z, 2)), atol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(share_weights=s, recursions=r, block=b, upsample=u, image_branch=i)
-    for s, r, b, u, i in itertools.product([False, True], [1, 2], ["plain", "residual"],
-                                           ["deconv", "resize_conv", "subpixel"], ["bicubic", "learned"])
-], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@every_variant
 def test_phase_lapsrn_equals_the_model(kw):
     torch.manual_seed(0)
     model = build_model(ModelConfig(features=4, depth=2, **kw), levels=3).eval()

@@ -165,6 +165,27 @@ def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
+def _stub_training_repo(tmp_path: Path, record: str, prelude: str = "") -> Path:
+    """A copy of the repository whose train script only writes its three products (their text: ``record``,
+    an f-string expression; ``prelude``: lines run first), with the data stages touched as done."""
+    repo = _copy_repo(tmp_path / "repo")
+    (repo / "workflow/scripts/train.py").write_text(
+        "import sys, time\n"
+        "from retina_sr import paths\n"
+        "a = sys.argv\n"
+        "phase, variant = a[a.index('--phase') + 1], (a[a.index('--variant') + 1] if '--variant' in a else None)\n"
+        + prelude +
+        "d = paths.phase_dir(phase, variant)\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "for f in ('model.pt', 'metrics.json', 'plots.csv'):\n"
+        f"    (d / f).write_text({record})\n"
+    )
+    for d in ("data/raw", "data/processed", "data/patches"):
+        (repo / d).mkdir(parents=True)
+    res = _snakemake(["--cores", "1", "--touch", "patches"], repo)  # the data stages count as done
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    return repo
+
 
 def _readme_full_study_command() -> list[str]:
     """The README's Snakemake line for the full study, exactly as documented."""
@@ -233,22 +254,8 @@ def test_evaluate_threads_without_cores_fall_back_for_cluster_executors():
 def test_training_jobs_share_the_gpu_only_when_asked(tmp_path):
     """`--cores 8` alone runs the variants' training jobs one after the other (one GPU); `--resources gpu=3`
     lets them run side by side. A stand-in train script records when each job ran."""
-    repo = _copy_repo(tmp_path / "repo")
-    (repo / "workflow/scripts/train.py").write_text(
-        "import sys, time\n"
-        "from retina_sr import paths\n"
-        "a = sys.argv\n"
-        "phase, variant = a[a.index('--phase') + 1], (a[a.index('--variant') + 1] if '--variant' in a else None)\n"
-        "t0 = time.time()\n"
-        "time.sleep(2.0 if variant else 0.0)\n"
-        "d = paths.phase_dir(phase, variant)\n"
-        "d.mkdir(parents=True, exist_ok=True)\n"
-        "for f in ('model.pt', 'metrics.json', 'plots.csv'):\n"
-        "    (d / f).write_text(f'{t0} {time.time()}')\n"
-    )
-    for d in ("data/raw", "data/processed", "data/patches"):
-        (repo / d).mkdir(parents=True)
-    assert _snakemake(["--cores", "1", "--touch", "patches"], repo).returncode == 0
+    repo = _stub_training_repo(tmp_path, "f'{t0} {time.time()}'",
+                               prelude="t0 = time.time()\ntime.sleep(2.0 if variant else 0.0)\n")
     variants = sorted(load_params(ROOT / "params.yaml").train.variants)
     assert len(variants) >= 2
     targets = [str(paths.model_file("modified", v)) for v in variants]
@@ -322,21 +329,7 @@ def test_each_training_rule_runs_its_own_phase(tmp_path):
     """Snakemake evaluates `shell:` when a job runs (after the rule loop): run every training rule for real,
     with a stand-in train script that records its arguments into the products, and check each job trained
     its own phase and variant."""
-    repo = _copy_repo(tmp_path / "repo")
-    (repo / "workflow/scripts/train.py").write_text(
-        "import sys\n"
-        "from retina_sr import paths\n"
-        "a = sys.argv\n"
-        "phase, variant = a[a.index('--phase') + 1], (a[a.index('--variant') + 1] if '--variant' in a else None)\n"
-        "d = paths.phase_dir(phase, variant)\n"
-        "d.mkdir(parents=True, exist_ok=True)\n"
-        "for f in ('model.pt', 'metrics.json', 'plots.csv'):\n"
-        "    (d / f).write_text(' '.join(a[1:]))\n"
-    )
-    for d in ("data/raw", "data/processed", "data/patches"):
-        (repo / d).mkdir(parents=True)
-    res = _snakemake(["--cores", "1", "--touch", "patches"], repo)  # the data stages count as done
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    repo = _stub_training_repo(tmp_path, "' '.join(a[1:])")
     variants = sorted(load_params(ROOT / "params.yaml").train.variants)
     targets = [str(paths.model_file(p, v)) for p in phases.NAMES for v in (variants if phases.get(p).variants else [None])]
     res = _snakemake(["--cores", "1", *targets], repo)
