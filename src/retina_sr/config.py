@@ -352,6 +352,10 @@ class PhaseConfig(_Section):
     ridge_weight: float = Field(
         0.0, ge=0, description="vessel-ridge loss (green-channel Hessian dark-ridge response vs HR's, "
         "losses/ridge.py) on the final output: keeps thin-vessel contrast that a pixel loss trades for PSNR")
+    periodic_weight: float = Field(
+        0.0, ge=0, description="periodic-artifact loss (the final output's luminance spectrum at the upsampling "
+        "periods 2..zoom vs HR's, losses/periodic.py): keeps a learned upsampler, pushed by the ridge loss, from "
+        "painting a checkerboard")
 
 
 class L1Phase(PhaseConfig):

@@ -8,6 +8,7 @@ import lazy_loader as _lazy
 __getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
     "adversarial": ["GanType", "discriminator_loss", "generator_adversarial_loss"],
     "factory": ["build_perceptual_loss"],
+    "periodic": ["PeriodicLoss", "periodic_mask"],
     "pixel": ["charbonnier", "downscale_to", "pyramid_charbonnier"],
     "ridge": ["RidgeLoss", "ridge_response"],
     "saliency": ["SaliencyLoss", "gaussian_blur", "intensity_contrast", "saliency_map", "texture_energy", "vesselness"],

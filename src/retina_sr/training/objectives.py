@@ -42,6 +42,7 @@ class LossSpec:
     pixel_weight: float
     charbonnier_eps: float
     ridge_weight: float = 0.0
+    periodic_weight: float = 0.0
     perceptual: PerceptualPhase | None = None
     adversarial: AdversarialPhase | None = None
 
@@ -57,7 +58,7 @@ def loss_spec(params: Params, phase: str) -> LossSpec:
     p = phases.get(phase)
     t = params.train
     cfg: PhaseConfig = getattr(t, p.name)
-    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, cfg.ridge_weight,
+    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, cfg.ridge_weight, cfg.periodic_weight,
                     perceptual=t.perceptual if "perceptual" in p.losses else None,
                     adversarial=t.adversarial if "adversarial" in p.losses else None)
 
@@ -79,6 +80,11 @@ class PhaseLosses(nn.Module):
             from ..losses.ridge import RidgeLoss
 
             self.ridge = RidgeLoss(eps=spec.charbonnier_eps)
+        self.periodic: nn.Module | None = None
+        if spec.periodic_weight > 0:
+            from ..losses.periodic import PeriodicLoss
+
+            self.periodic = PeriodicLoss()
         self.perceptual: nn.Module | None = None
         self.saliency: nn.Module | None = None
         self.vgg_description = "none"
@@ -97,13 +103,13 @@ class PhaseLosses(nn.Module):
 
     def generator(self, outputs: list[Tensor], hr: Tensor, fov: Tensor | None = None,
                   disc: nn.Module | None = None, step: int = 0, pixel_only: bool = False,
-                  d_real: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  d_real: Tensor | None = None, zoom: int = 2) -> tuple[Tensor, dict[str, Tensor]]:
         """Generator loss for the pyramid ``outputs`` of one batch against ``hr`` (fp32 losses).
 
         ``pixel_only``: the Charbonnier term alone (a modified variant catching up on the L1 budget);
         ``step`` counts the phase's own steps (the adversarial warm-up); ``d_real``: the discriminator's
         logits of ``hr`` when the caller already has them (the trainer's one real pass per step), else
-        the relativistic loss computes them."""
+        the relativistic loss computes them; ``zoom``: the step's zoom (the periodic term's artifact periods)."""
         from ..losses import generator_adversarial_loss, pyramid_charbonnier
 
         s = self.spec
@@ -117,6 +123,9 @@ class PhaseLosses(nn.Module):
         if self.ridge is not None:
             terms["ridge"] = self.ridge(final, hr)
             total = total + s.ridge_weight * terms["ridge"]
+        if self.periodic is not None:
+            terms["periodic"] = self.periodic(final, hr, zoom)
+            total = total + s.periodic_weight * terms["periodic"]
         if pixel_only:
             terms["loss"] = total
             return total, {k: v.detach() for k, v in terms.items()}
@@ -146,7 +155,7 @@ class PhaseLosses(nn.Module):
         return total, {k: v.detach() for k, v in terms.items()}
 
     def discriminator(self, fake: Tensor, hr: Tensor, disc: nn.Module,
-                      d_real: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                      d_real: Tensor | None = None, zoom: int = 2) -> tuple[Tensor, dict[str, Tensor]]:
         """Discriminator loss on real ``hr`` vs generated ``fake`` (detached from the generator);
         ``d_real``: ``disc(hr)`` with its graph when the caller ran it already (one real pass per step)."""
         from ..losses import discriminator_loss

@@ -334,7 +334,7 @@ class TrainingRun:
         with autocast(self.device, self.amp):
             outs = self.model_dp(lr, n_up=levels_for_zoom(zoom))
             loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain, pixel_only,
-                                                d_real=None if d_real is None else d_real.detach())
+                                                d_real=None if d_real is None else d_real.detach(), zoom=zoom)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gn = _clip(self.model, t.grad_clip)
