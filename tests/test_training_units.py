@@ -93,6 +93,52 @@ def test_schedules():
         build_scheduler(opt, "linear", 8)
 
 
+def test_schedule_with_a_lead_segment():
+    """A variant's catch-up: n steps at ratio x lr on their own schedule, then the phase's from its start."""
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=0.5)
+    sch = build_scheduler(opt, "step", 4, lead=(8, 2.0))
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125, 0.5, 0.25, 0.125, 0.0625]
+
+
+def _variant_run(tmp_path, variant: str, **train):
+    from retina_sr.training.data import load_patches
+    from retina_sr.training.trainer import TrainingRun
+
+    make_patches(tmp_path)
+    params, _ = tiny_params(tmp_path, train=train)
+    meta = {"model": params.model.model_dump(mode="json"), "levels": params.data.levels,
+            "scales": params.data.scales, "phase": "adversarial"}
+    save_model(tmp_path / "models" / "adversarial" / "model.pt", build_model(params.model, params.data.levels), meta)
+    train_set = load_patches(tmp_path / "data/patches/train.npy", params.data.scales)
+    return params, TrainingRun(params, plan_phase(params, "modified", variant, root=tmp_path), torch.device("cpu"),
+                               train_set)
+
+
+@pytest.mark.parametrize("variant", ["shared", "resblock"])
+def test_a_variant_catches_up_as_l1_trains(tmp_path, variant):
+    """Every variant (new tensors, or the same tensors shared and recursed) first trains train.l1's budget
+    with l1's lr, schedule and loss set, then its own steps with its own lr and the full loss set."""
+    params, run = _variant_run(tmp_path, variant, l1={"steps": 3, "lr": 2e-3, "ridge_weight": 0.5},
+                               modified={"steps": 2, "lr": 1e-4},
+                               variants={"shared": {"share_weights": True, "recursions": 2},
+                                         "resblock": {"block": "residual"}})
+    assert run.pretrain == 3 and run.total_steps == 5
+    lrs, keys = [], []
+    for _ in range(5):
+        lrs.append(run.opt_g.param_groups[0]["lr"])
+        keys.append(set(run.train_step()))
+    assert lrs[0] == pytest.approx(2e-3) and lrs[3] == pytest.approx(1e-4)
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] > lrs[4]
+    assert all("ridge" in k and "perceptual" not in k and "adv_g" not in k for k in keys[:3])  # l1's loss set
+    assert all("ridge" not in k and "perceptual" in k for k in keys[3:])  # the phase's own
+
+
 def test_psnr_known_value():
     a = torch.zeros(2, 3, 4, 4)
     b = torch.full((2, 3, 4, 4), 0.1)  # MSE 0.01 -> 20 dB

@@ -267,7 +267,7 @@ def _initialisation(result: EvaluationResult) -> list[str]:
         else:
             start = "from initialisation" if m.get("phase") else "unknown (no training metadata)"
         pre = m.get("pretrain_steps") or 0
-        budget = f"{m.get('steps', 'n/a')} steps" + (f" ({pre} Charbonnier-only catch-up steps first)" if pre else "")
+        budget = f"{m.get('steps', 'n/a')} steps" + (f" ({pre} catch-up steps first, as `l1` trains: its lr, schedule and losses)" if pre else "")
         lines.append(f"- `{e.name}`: {start}; {budget}; best validation step {m.get('step', 'n/a')}.")
     return ["## Models and their initialisation", "", *lines, ""] if lines else []
 

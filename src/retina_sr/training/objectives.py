@@ -102,11 +102,10 @@ class PhaseLosses(nn.Module):
         return self.spec.adversarial is not None
 
     def generator(self, outputs: list[Tensor], hr: Tensor, fov: Tensor | None = None,
-                  disc: nn.Module | None = None, step: int = 0, pixel_only: bool = False,
+                  disc: nn.Module | None = None, step: int = 0,
                   d_real: Tensor | None = None, zoom: int = 2) -> tuple[Tensor, dict[str, Tensor]]:
         """Generator loss for the pyramid ``outputs`` of one batch against ``hr`` (fp32 losses).
 
-        ``pixel_only``: the Charbonnier term alone (a modified variant catching up on the L1 budget);
         ``step`` counts the phase's own steps (the adversarial warm-up); ``d_real``: the discriminator's
         logits of ``hr`` when the caller already has them (the trainer's one real pass per step), else
         the relativistic loss computes them; ``zoom``: the step's zoom (the periodic term's artifact periods)."""
@@ -126,9 +125,6 @@ class PhaseLosses(nn.Module):
         if self.periodic is not None:
             terms["periodic"] = self.periodic(final, hr, zoom)
             total = total + s.periodic_weight * terms["periodic"]
-        if pixel_only:
-            terms["loss"] = total
-            return total, {k: v.detach() for k, v in terms.items()}
         p = s.perceptual  # the perceptual/saliency modules exist only when it is set
         if self.perceptual is not None and p is not None:
             terms["perceptual"] = self.perceptual(final, hr)

@@ -184,11 +184,11 @@ def build_optimizer(module: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), foreach=True)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int,
-                    warmup: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
-    """``cosine``: cosine annealing from lr to lr/100 over ``steps`` (Loshchilov & Hutter 2017, no
-    restarts); ``step``: halve the lr after every quarter of ``steps`` (LapSRN's step decay). With
-    ``warmup`` > 0 the lr first rises linearly from lr/warmup over ``warmup`` steps (Goyal et al. 2017)."""
+def lr_factor(kind: str, steps: int, warmup: int = 0) -> Callable[[int], float]:
+    """The multiplier of the peak lr at step ``k`` of a ``steps``-step schedule: ``cosine``: cosine
+    annealing from 1 to 1/100 (Loshchilov & Hutter 2017, no restarts); ``step``: halve after every quarter
+    of ``steps`` (LapSRN's step decay). With ``warmup`` > 0 it first rises linearly from 1/warmup over
+    ``warmup`` steps (Goyal et al. 2017)."""
     steps = max(1, steps)
     if kind == "cosine":
         def decay(k: int) -> float:
@@ -198,7 +198,20 @@ def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int,
             return float(0.5 ** (k // max(1, steps // 4)))
     else:
         raise ValueError(f"unknown train.loop.lr_schedule {kind!r}: use 'cosine' or 'step'")
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup) * decay(k) if warmup else decay(k))
+    return (lambda k: min(1.0, (k + 1) / warmup) * decay(k)) if warmup else decay
+
+
+def build_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int, warmup: int = 0,
+                    lead: tuple[int, float] = (0, 1.0)) -> torch.optim.lr_scheduler.LRScheduler:
+    """The :func:`lr_factor` schedule over ``steps``; ``lead = (n, ratio)`` puts a schedule of its own
+    before it: ``n`` steps at ``ratio`` x the optimizer's lr (a variant's catch-up on the main line's
+    budget and lr), then the ``steps`` from the start of the schedule."""
+    n, ratio = lead
+    main = lr_factor(kind, steps, warmup)
+    if n <= 0:
+        return torch.optim.lr_scheduler.LambdaLR(opt, main)
+    first = lr_factor(kind, n, warmup)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: ratio * first(k) if k < n else main(k - n))
 
 
 def _clip(module: nn.Module, max_norm: float | None) -> torch.Tensor | None:
@@ -248,26 +261,32 @@ class TrainingRun:
         self.init: dict[str, Any] | None = None
         if plan.init_from is not None:
             self.init = init_weights(self.model, plan.init_from, plan.partial_init, self.levels)
-        # A variant that inherits only part of its weights first catches up on the Charbonnier budget of
-        # the main line (train.<catch_up>.steps, pixel loss only), then runs its own steps with the full
-        # loss set: it is compared with the unmodified model at an equal training budget, not after a few
-        # steps from mostly random weights.
+        # A variant (an architecture other than the model it starts from: new tensors, or the same tensors
+        # recursed or shared) first catches up on the main line's first phase exactly as that phase trained
+        # (train.<catch_up>: its steps, lr, schedule and loss set), then runs its own steps with its own lr
+        # schedule and the full loss set: it is compared with the unmodified model at an equal training
+        # budget, not after a few steps from weights that no longer fit its architecture.
         catch_up = phases.get(plan.phase).catch_up
-        inherits_part = plan.partial_init and self.init is not None and self.init["skipped"]
-        self.pretrain = getattr(params.train, catch_up).steps if catch_up and inherits_part else 0
+        changed = plan.partial_init and self.init is not None and plan.model_cfg != params.model
+        self.catch_up_cfg: PhaseConfig | None = getattr(params.train, catch_up) if catch_up and changed else None
+        self.pretrain = self.catch_up_cfg.steps if self.catch_up_cfg is not None else 0
         self.total_steps = self.pretrain + plan.cfg.steps
         self.spec = loss_spec(params, plan.phase)
         self.losses = PhaseLosses(self.spec).to(device)
+        self.catch_up_losses: PhaseLosses | None = None
+        if catch_up and self.catch_up_cfg is not None:
+            self.catch_up_losses = PhaseLosses(loss_spec(params, catch_up)).to(device)
         self.disc: nn.Module | None = None
         self.opt_d: torch.optim.Optimizer | None = None
         self.sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
         if self.spec.adversarial is not None:
             self.disc = Discriminator(self.spec.adversarial.discriminator).to(device, memory_format=mf)  # type: ignore[call-overload]
             self.opt_d = build_optimizer(self.disc, self.spec.adversarial.lr_d)
-            self.sched_d = build_scheduler(self.opt_d, t.lr_schedule, self.total_steps, t.warmup_steps)
+            self.sched_d = build_scheduler(self.opt_d, t.lr_schedule, plan.cfg.steps, t.warmup_steps)  # not in catch-up
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay is not None else None
         self.opt_g = build_optimizer(self.model, plan.cfg.lr)
-        self.sched_g = build_scheduler(self.opt_g, t.lr_schedule, self.total_steps, t.warmup_steps)
+        lead = (self.pretrain, self.catch_up_cfg.lr / plan.cfg.lr) if self.catch_up_cfg is not None else (0, 1.0)
+        self.sched_g = build_scheduler(self.opt_g, t.lr_schedule, plan.cfg.steps, t.warmup_steps, lead=lead)
         self.sampler = BatchSampler(len(train), t.batch_size, params.seed)
         self.degrader = OnlineDegrader(params.data.patches, params.seed) if t.degradation == "online" else None
         self.train_data = train
@@ -320,8 +339,8 @@ class TrainingRun:
             fov = torch.from_numpy(np.ascontiguousarray(fov_np))
             fov = fov.pin_memory().to(self.device, non_blocking=True) if self.cuda else fov
         self.model.train()
-        pixel_only = self.step < self.pretrain
-        train_d = self.disc is not None and self.opt_d is not None and self.sched_d is not None and not pixel_only
+        catching_up = self.step < self.pretrain
+        train_d = self.disc is not None and self.opt_d is not None and self.sched_d is not None and not catching_up
         d_real = None
         if train_d and self.disc_dp is not None:
             # The discriminator's one pass on the real batch: its graph serves the D update below, its
@@ -333,8 +352,11 @@ class TrainingRun:
             self.disc.requires_grad_(False)  # the generator step does not train D
         with autocast(self.device, self.amp):
             outs = self.model_dp(lr, n_up=levels_for_zoom(zoom))
-            loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain, pixel_only,
-                                                d_real=None if d_real is None else d_real.detach(), zoom=zoom)
+            if catching_up and self.catch_up_losses is not None:
+                loss, terms = self.catch_up_losses.generator(outs, hr, fov, zoom=zoom)
+            else:
+                loss, terms = self.losses.generator(outs, hr, fov, self.disc, self.step - self.pretrain,
+                                                    d_real=None if d_real is None else d_real.detach(), zoom=zoom)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gn = _clip(self.model, t.grad_clip)
@@ -572,10 +594,10 @@ def _train_phase(params: Params, phase: str, variant: str | None, *, root: Path,
     with ExitStack() as stack:
         tracker = stack.enter_context(PhaseTracker(params, plan, run, device, data_hash, resumed_from)) if track else None
         if run.pretrain and run.init is not None:
-            log.info("[train %s] %d of %d tensors start from initialisation: %d Charbonnier steps (train.%s.steps) "
-                     "before %d steps with the phase's full loss set", plan.name, run.init["skipped"],
-                     run.init["loaded"] + run.init["skipped"], run.pretrain, phases.get(plan.phase).catch_up,
-                     plan.cfg.steps)
+            log.info("[train %s] a changed architecture (%d of %d tensors start from initialisation): %d catch-up "
+                     "steps as train.%s trains (its lr, schedule and losses) before %d steps with the phase's own",
+                     plan.name, run.init["skipped"], run.init["loaded"] + run.init["skipped"], run.pretrain,
+                     phases.get(plan.phase).catch_up, plan.cfg.steps)
         bar = stack.enter_context(tqdm(total=run.total_steps, initial=run.step, desc=f"train {plan.name}",
                                        disable=not progress, mininterval=2.0, dynamic_ncols=True))
         report = tracker.log if tracker is not None else None
