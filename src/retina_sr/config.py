@@ -233,7 +233,7 @@ class SplitConfig(_Section):
 
 
 class PatchConfig(_Section):
-    crop: int = Field(128, ge=16, description="side of the random HR training crops")
+    crop: int = Field(96, ge=16, description="side of the random HR training crops")
     per_image: int = Field(16, ge=1, description="random crops per training/validation image")
     fov_min_fraction: float = Field(0.8, ge=0, le=1, description="min share of a crop inside the FOV")
     blur_sigma: tuple[float, float] = Field(
@@ -353,7 +353,7 @@ class PhaseConfig(_Section):
         0.0, ge=0, description="vessel-ridge loss (green-channel Hessian dark-ridge response vs HR's, "
         "losses/ridge.py) on the final output: keeps thin-vessel contrast that a pixel loss trades for PSNR")
     periodic_weight: float = Field(
-        0.0, ge=0, description="periodic-artifact loss (the final output's luminance spectrum at the upsampling "
+        0.2, ge=0, description="periodic-artifact loss (the final output's luminance spectrum at the upsampling "
         "periods 2..zoom vs HR's, losses/periodic.py): keeps a learned upsampler, pushed by the ridge loss, from "
         "painting a checkerboard")
 
@@ -468,7 +468,7 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     max_images: int | None = Field(None, ge=1, description="cap on test images (null = all)")
     baselines: list[Literal["nearest", "bicubic", "lanczos"]] = ["nearest", "bicubic", "lanczos"]
-    speed_repeats: int = Field(5, ge=1, description="timed runs per model and zoom (after warm-up)")
+    speed_repeats: int = Field(3, ge=1, description="timed runs per model and zoom (after warm-up)")
     figure_images: int = Field(2, ge=0, description="test images that get side-by-side panels")
     vessel_threshold: float | None = Field(None, description="fixed vesselness threshold; null = Otsu per HR image")
     fast_path: bool = Field(
