@@ -303,7 +303,7 @@ def _changed(params, key: str):
         d = d[k]
     v = d[last]
     swap = {"auto": "cpu", "cosine": "step", "online": "stored", "demo": "real", "random": "imagenet",
-            "relativistic": "vanilla", "plain": "residual", "deconv": "subpixel", "subpixel": "resize_conv", "bicubic": "learned"}
+            "relativistic": "vanilla", "plain": "residual", "deconv": "subpixel", "subpixel": "resize_conv", "resize_conv": "deconv", "bicubic": "learned"}
     d[last] = (not v if isinstance(v, bool) else (v * 2 or 0.5) if isinstance(v, float) else
                v + 1 if isinstance(v, int) else swap[v] if isinstance(v, str) else v)
     return params_from_dict(raw, "changed")

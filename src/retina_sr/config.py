@@ -324,7 +324,7 @@ class ModelConfig(_Section):
     share_weights: bool = Field(False, description="share feature/upsampling weights across levels (MS-LapSRN)")
     block: Literal["plain", "residual"] = Field("plain", description="stacked plain convs or residual blocks")
     upsample: Literal["deconv", "resize_conv", "subpixel"] = Field(
-        "deconv", description="transposed conv (paper), resize-then-conv, or sub-pixel conv with ICNR init"
+        "resize_conv", description="transposed conv (paper), resize-then-conv, or sub-pixel conv with ICNR init"
     )
     negative_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope")
     image_branch: Literal["bicubic", "learned"] = Field(
@@ -353,7 +353,7 @@ class PhaseConfig(_Section):
         0.0, ge=0, description="vessel-ridge loss (green-channel Hessian dark-ridge response vs HR's, "
         "losses/ridge.py) on the final output: keeps thin-vessel contrast that a pixel loss trades for PSNR")
     periodic_weight: float = Field(
-        0.2, ge=0, description="periodic-artifact loss (the final output's luminance spectrum at the upsampling "
+        0.0, ge=0, description="periodic-artifact loss (the final output's luminance spectrum at the upsampling "
         "periods 2..zoom vs HR's, losses/periodic.py): keeps a learned upsampler, pushed by the ridge loss, from "
         "painting a checkerboard")
 
