@@ -36,6 +36,16 @@ def test_fine_grid_conv_on_phase_channels():
     assert torch.allclose(F.pixel_shuffle(phase_conv3x3(conv)(z), 2), conv(F.pixel_shuffle(z, 2)), atol=1e-5)
 
 
+def test_resize_conv_is_a_phase_conv():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 6, 3, padding=1)
+    x = torch.randn(2, 5, 7, 9)
+    ref = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert torch.allclose(PhaseConvUp.from_resize_conv(conv, torch.nn.Identity())(x), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="3x3 padding-1"):
+        PhaseConvUp.from_resize_conv(torch.nn.Conv2d(2, 2, 5, padding=2), torch.nn.Identity())
+
+
 @every_variant
 def test_phase_lapsrn_equals_the_model(kw):
     torch.manual_seed(0)
@@ -46,7 +56,8 @@ def test_phase_lapsrn_equals_the_model(kw):
     with torch.no_grad():
         for n_up in range(4):
             fused = PhaseLapSRN(model, n_up)
-            assert (fused.top_res is not None) == (n_up > 0 and kw["upsample"] != "resize_conv")
+            no_phase_form = kw["upsample"] == "resize_conv" and kw.get("image_branch", "bicubic") == "learned"
+            assert (fused.top_res is not None) == (n_up > 0 and not no_phase_form)
             assert (fused(x) - model(x, n_up=n_up)[-1]).abs().max() < 1e-4
 
 

@@ -7,7 +7,8 @@ pixel positions (even/odd row, even/odd column)), each a small conv on the coars
 (Shi et al., "Is the deconvolution layer the same as a convolutional layer?", arXiv:1609.07009):
 
 * the 4x4 stride-2 transposed conv (padding 1) is a 3x3 conv with ``4 C`` outputs followed by a
-  pixel shuffle (each phase uses a 2x2 subset of the 4x4 kernel);
+  pixel shuffle (each phase uses a 2x2 subset of the 4x4 kernel); so is a nearest 2x resize followed by a
+  3x3 conv (each phase sums the fine taps that fall on one coarse pixel);
 * 2x bicubic interpolation (Keys a = -0.75, half-pixel centres, edge replicated, what
   ``F.interpolate`` and OpenCV's ``INTER_CUBIC`` do) is a depthwise 5x5 conv with four phase
   kernels on the edge-padded image, followed by a pixel shuffle;
@@ -18,7 +19,7 @@ pixel positions (even/odd row, even/odd column)), each a small conv on the coars
 The rewrites are exact (the same sums, differently ordered: max abs difference ~1e-6);
 :func:`~retina_sr.inference.onnx.export_onnx` checks them against the original model on an input of
 another size and falls back to the plain graph if the check fails. Upsamplers without a phase form
-(``resize_conv``) are kept as they are.
+(the learned image branch of ``resize_conv``: bilinear resize + conv) are kept as they are.
 """
 
 from __future__ import annotations
@@ -91,6 +92,28 @@ class PhaseConvUp(nn.Module):
                 conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
         return cls(conv, act)
 
+    @classmethod
+    def from_resize_conv(cls, conv: nn.Conv2d, act: nn.Module) -> PhaseConvUp:
+        """Nearest 2x resize then a 3x3 conv (padding 1): output phase r reads the coarse offsets
+        ``(r + d) // 2`` for the fine offsets d in {-1, 0, 1}, so each phase is a coarse 3x3 conv whose taps
+        sum the fine taps that land on one coarse pixel (zero padding included)."""
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1):
+            raise ValueError(f"only 3x3 padding-1 convs after a nearest 2x resize have this phase form, got {conv}")
+        w = conv.weight.detach()  # (cout, cin, 3, 3)
+        cout, cin = w.shape[:2]
+        k = torch.zeros(cout, 2, 2, cin, 3, 3)
+        for ry in (0, 1):
+            for rx in (0, 1):
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        k[:, ry, rx, :, (ry + dy) // 2 + 1, (rx + dx) // 2 + 1] += w[:, :, dy + 1, dx + 1]
+        out = nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=conv.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(k.reshape(4 * cout, cin, 3, 3))
+            if conv.bias is not None and out.bias is not None:
+                out.bias.copy_(conv.bias.detach().repeat_interleave(4))
+        return cls(out, act)
+
     def phases(self, x: Tensor) -> Tensor:
         return self.act(self.conv(x))  # an elementwise act commutes with the shuffle
 
@@ -132,6 +155,8 @@ def phase_form(up: Any) -> nn.Module:
         return PhaseConvUp.from_deconv(up.op, up.act)
     if kind == "subpixel":
         return PhaseConvUp(up.op[0], up.act)
+    if kind == "resize_conv" and not up.image:  # nearest resize (features); the image branch's is bilinear
+        return PhaseConvUp.from_resize_conv(up.op, up.act)
     return up
 
 
