@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.spectrum import periodic_bins
 from .metrics import rgb_to_y
 
 __all__ = ["periodic_energy", "checkerboard_score"]
@@ -29,28 +30,15 @@ def _spectrum(img: np.ndarray) -> np.ndarray:
 
 
 def periodic_energy(img: np.ndarray, scale: int, radius: int = 1) -> float:
-    """Spectral energy (Hann-windowed luminance) within ``radius`` bins of the zoom's periodic peaks."""
+    """Spectral energy (Hann-windowed luminance) within ``radius`` bins of the zoom's periodic peaks
+    (:func:`retina_sr.models.spectrum.periodic_bins`; zoom 1 uses period 2)."""
     p = np.abs(_spectrum(img))
     h, w = p.shape
-    period = max(int(scale), 2)
-    if h < period or w < period:
-        raise ValueError(f"image {h}x{w} is smaller than the artifact period {period}")
-    total = 0.0
-    seen: set[tuple[int, int]] = set()
-    for ky in range(period):
-        for kx in range(period):
-            if kx == 0 and ky == 0:
-                continue
-            # the bin nearest to frequency k/period (exact when the side is divisible by the period;
-            # e.g. an odd-sized zoom-1 image has no exact Nyquist bin)
-            cy, cx = round(ky * h / period) % h, round(kx * w / period) % w
-            for dy in range(-radius, radius + 1):
-                for dx in range(-radius, radius + 1):
-                    cell = ((cy + dy) % h, (cx + dx) % w)
-                    if cell not in seen:
-                        seen.add(cell)
-                        total += float(p[cell])
-    return total
+    try:
+        mask = periodic_bins(h, w, scale, radius)
+    except ValueError:
+        raise ValueError(f"image {h}x{w} is smaller than the artifact period {max(int(scale), 2)}") from None
+    return float(p[mask].sum())
 
 
 def checkerboard_score(output: np.ndarray, reference: np.ndarray, scale: int, radius: int = 1) -> float:

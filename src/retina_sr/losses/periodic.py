@@ -29,6 +29,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from ..models.spectrum import periodic_bins
+
 __all__ = ["PeriodicLoss", "periodic_mask"]
 
 #: BT.601 luminance weights (the evaluation's ``rgb_to_y`` up to its offset and scale)
@@ -37,21 +39,11 @@ _Y = (0.299, 0.587, 0.114)
 
 @lru_cache(maxsize=32)
 def periodic_mask(h: int, w: int, period: int, radius: int = 1) -> Tensor:
-    """(H, W) bool mask of the DFT bins within ``radius`` of ``(ky/period, kx/period)``, not both 0
-    (the bins of :func:`retina_sr.evaluation.artifacts.periodic_energy`)."""
-    period = max(int(period), 2)
-    if h < period or w < period:
-        raise ValueError(f"PeriodicLoss: a {h}x{w} output is smaller than the artifact period {period}")
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    for ky in range(period):
-        for kx in range(period):
-            if kx == 0 and ky == 0:
-                continue
-            cy, cx = round(ky * h / period) % h, round(kx * w / period) % w
-            for dy in range(-radius, radius + 1):
-                for dx in range(-radius, radius + 1):
-                    mask[(cy + dy) % h, (cx + dx) % w] = True
-    return mask
+    """(H, W) bool tensor of the bins of :func:`retina_sr.models.spectrum.periodic_bins` (the evaluation's)."""
+    try:
+        return torch.from_numpy(periodic_bins(h, w, period, radius))
+    except ValueError as err:
+        raise ValueError(f"PeriodicLoss: {err}") from None
 
 
 class PeriodicLoss(nn.Module):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["nyquist_score", "nyquist_energy_fraction"]
+__all__ = ["nyquist_score", "nyquist_energy_fraction", "periodic_bins"]
 
 
 def _as_nchw(img: Tensor | np.ndarray) -> Tensor:
@@ -82,3 +82,23 @@ def nyquist_score(img_or_batch: Tensor | np.ndarray, reference: Tensor | np.ndar
             raise ValueError(f"nyquist_score: reference shape {tuple(r.shape)} != image shape {tuple(x.shape)}")
         x = x - r
     return float(nyquist_energy_fraction(x).mean())
+
+
+def periodic_bins(h: int, w: int, period: int, radius: int = 1) -> np.ndarray:
+    """(H, W) bool mask of the DFT bins within ``radius`` of the frequencies ``(ky/period, kx/period)``,
+    ``kx, ky in 0..period-1``, not both 0 (period >= 2; the bin nearest to each frequency, exact when the
+    side is divisible by the period): where an upsampler's periodic artifacts live. Shared by the
+    evaluation's checkerboard score and the periodic-artifact loss."""
+    period = max(int(period), 2)
+    if h < period or w < period:
+        raise ValueError(f"a {h}x{w} image is smaller than the artifact period {period}")
+    mask = np.zeros((h, w), dtype=bool)
+    for ky in range(period):
+        for kx in range(period):
+            if kx == 0 and ky == 0:
+                continue
+            cy, cx = round(ky * h / period) % h, round(kx * w / period) % w
+            rows = [(cy + d) % h for d in range(-radius, radius + 1)]
+            cols = [(cx + d) % w for d in range(-radius, radius + 1)]
+            mask[np.ix_(rows, cols)] = True
+    return mask
