@@ -94,24 +94,18 @@ class PhaseConvUp(nn.Module):
 
     @classmethod
     def from_resize_conv(cls, conv: nn.Conv2d, act: nn.Module) -> PhaseConvUp:
-        """Nearest 2x resize then a 3x3 conv (padding 1): output phase r reads the coarse offsets
-        ``(r + d) // 2`` for the fine offsets d in {-1, 0, 1}, so each phase is a coarse 3x3 conv whose taps
-        sum the fine taps that land on one coarse pixel (zero padding included)."""
-        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1):
-            raise ValueError(f"only 3x3 padding-1 convs after a nearest 2x resize have this phase form, got {conv}")
-        w = conv.weight.detach()  # (cout, cin, 3, 3)
-        cout, cin = w.shape[:2]
-        k = torch.zeros(cout, 2, 2, cin, 3, 3)
-        for ry in (0, 1):
-            for rx in (0, 1):
-                for dy in (-1, 0, 1):
-                    for dx in (-1, 0, 1):
-                        k[:, ry, rx, :, (ry + dy) // 2 + 1, (rx + dx) // 2 + 1] += w[:, :, dy + 1, dx + 1]
-        out = nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=conv.bias is not None)
+        """Nearest 2x resize then a 3x3 conv (padding 1): the nearest resize puts the same coarse pixel in
+        all four phases, so this is :func:`phase_conv3x3` of ``conv`` with its four source phases summed."""
+        try:
+            fine = phase_conv3x3(conv)
+        except ValueError:
+            raise ValueError(f"only 3x3 padding-1 convs after a nearest 2x resize have this phase form, got {conv}") from None
+        cout, cin = conv.weight.shape[:2]
+        out = nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=fine.bias is not None)
         with torch.no_grad():
-            out.weight.copy_(k.reshape(4 * cout, cin, 3, 3))
-            if conv.bias is not None and out.bias is not None:
-                out.bias.copy_(conv.bias.detach().repeat_interleave(4))
+            out.weight.copy_(fine.weight.view(4 * cout, cin, 4, 3, 3).sum(dim=2))
+            if fine.bias is not None and out.bias is not None:
+                out.bias.copy_(fine.bias)
         return cls(out, act)
 
     def phases(self, x: Tensor) -> Tensor:

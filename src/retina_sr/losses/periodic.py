@@ -53,9 +53,12 @@ class PeriodicLoss(nn.Module):
     step's zoom (period 2 at zoom 1). Inputs (N, 3, H, W) of one shape, computed in float32.
     """
 
+    lum: Tensor  # a buffer: BT.601 weights, (1, 3, 1, 1), on the module's device
+
     def __init__(self, radius: int = 1, eps: float = 1e-8) -> None:
         super().__init__()
         self.radius, self.eps = int(radius), float(eps)
+        self.register_buffer("lum", torch.tensor(_Y).view(1, 3, 1, 1), persistent=False)
         self._cache: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}
 
     def _window_and_mask(self, h: int, w: int, period: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -66,8 +69,7 @@ class PeriodicLoss(nn.Module):
         return self._cache[key]
 
     def _spectrum(self, x: Tensor, win: Tensor) -> Tensor:
-        wts = x.new_tensor(_Y).view(1, 3, 1, 1)
-        y = (x * wts).sum(dim=1)
+        y = (x * self.lum.to(x.dtype)).sum(dim=1)
         y = y - y.mean(dim=(-2, -1), keepdim=True)
         return torch.fft.fft2(y * win)
 

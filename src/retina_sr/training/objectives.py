@@ -151,7 +151,7 @@ class PhaseLosses(nn.Module):
         return total, {k: v.detach() for k, v in terms.items()}
 
     def discriminator(self, fake: Tensor, hr: Tensor, disc: nn.Module,
-                      d_real: Tensor | None = None, zoom: int = 2) -> tuple[Tensor, dict[str, Tensor]]:
+                      d_real: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Discriminator loss on real ``hr`` vs generated ``fake`` (detached from the generator);
         ``d_real``: ``disc(hr)`` with its graph when the caller ran it already (one real pass per step)."""
         from ..losses import discriminator_loss
