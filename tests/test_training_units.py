@@ -428,3 +428,63 @@ def test_fov_mask_reaches_the_loss_only_when_a_term_reads_it(tmp_path, monkeypat
     assert not l1.spec.uses_fov
     l1.train_step()
     assert seen[-1] is None
+
+
+def test_degrade_on_resolves_per_device_and_refuses_jpeg_on_the_device():
+    from retina_sr.training.trainer import resolve_degrade_on
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_degrade_on("auto", cpu, None) == "host"
+    assert resolve_degrade_on("auto", cuda, None) == "device"
+    assert resolve_degrade_on("auto", cuda, (70, 90)) == "host"  # JPEG runs on the host only
+    assert resolve_degrade_on("device", cpu, None) == "device"
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        resolve_degrade_on("device", cuda, (70, 90))
+
+
+def test_device_degradation_trains_records_itself_and_matches_the_host_batch(tmp_path):
+    """degrade_on: device runs the torch ops where the model is (here the CPU): the same HR batch and the
+    same sigmas as the host path, and the checkpoint says which one ran."""
+    from retina_sr.training.data import load_patches
+    from retina_sr.training.trainer import TrainingRun
+
+    make_patches(tmp_path)
+    host_p, _ = tiny_params(tmp_path, train={"loop": {"degrade_on": "host"}})
+    dev_p, _ = tiny_params(tmp_path, train={"loop": {"degrade_on": "device"}},
+                           data={"patches": {"noise_std": [0.0, 0.0]}})
+    host_p = host_p.model_copy(update={"data": dev_p.data})  # no noise in both: the batches must agree
+    train = load_patches(tmp_path / "data/patches/train.npy", host_p.data.scales)
+    runs = [TrainingRun(p, plan_phase(p, "l1", root=tmp_path), torch.device("cpu"), train) for p in (host_p, dev_p)]
+    assert [r.degrade_on for r in runs] == ["host", "device"]
+    idx = runs[0].sampler.next()
+    (lr_h, hr_h, _), (lr_d, hr_d, _) = (r._batch(idx, 2, 0) for r in runs)
+    torch.testing.assert_close(hr_d, hr_h)
+    assert float((lr_d - lr_h).abs().max()) <= 1 / 255 + 1e-6
+    res = train_phase(dev_p, "l1", root=tmp_path, track=False, progress=False)
+    _, meta = load_model(tmp_path / "models" / "l1" / "model.pt")
+    assert meta["degradation"] == "device" and meta["compiled"] is False
+    assert math.isfinite(res.val_psnr["mean"])
+
+
+def test_compile_wraps_the_training_forward_only(tmp_path, monkeypatch):
+    from retina_sr.training.data import load_patches
+    from retina_sr.training.trainer import TrainingRun
+
+    calls: list[dict] = []
+    real = torch.compile
+
+    def spy(model, **kw):
+        calls.append(kw)
+        return real(model, backend="eager", dynamic=kw.get("dynamic"))  # the wiring, not inductor's C++ build
+
+    monkeypatch.setattr(torch, "compile", spy)
+    make_patches(tmp_path)
+    params, _ = tiny_params(tmp_path, train={"loop": {"compile": True}})
+    run = TrainingRun(params, plan_phase(params, "l1", root=tmp_path), torch.device("cpu"),
+                      load_patches(tmp_path / "data/patches/train.npy", params.data.scales))
+    assert run.compiled and calls == [{"dynamic": False}] and run.model_dp is not run.model
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    for _ in range(3):
+        run.train_step()
+    after = run.model.state_dict()  # the bare module trains (EMA, checkpoints and validation use it)
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -432,6 +432,18 @@ class LoopConfig(_Section):
         "realisation of data.patches' ranges for the stored HR crops; 'stored': the fixed lr_x{s} arrays "
         "of the patches file (one realisation per crop)",
     )
+    degrade_on: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="where 'online' degradation runs: 'host' (OpenCV, a loop over the batch, the patches "
+        "stage's own degrade), 'device' (the same model as batched torch ops where the model trains, with the "
+        "HR crops kept on the GPU when they fit; only the noise realisation differs; no JPEG), 'auto' "
+        "(device on CUDA unless data.patches.jpeg_quality is set, else host)",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the generator for training (one graph per zoom; worth it on a GPU for "
+        "long runs, the first steps compile)",
+    )
     max_val_patches: int = Field(32, ge=1, description="validation patches used per zoom")
 
 

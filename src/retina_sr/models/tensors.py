@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["to_tensor"]
+__all__ = ["to_tensor", "uint8_to_float"]
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
@@ -26,5 +26,12 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu", channels_l
         t = t[None]
     if device.type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)
+    return uint8_to_float(t, channels_last)
+
+
+def uint8_to_float(t: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` tensor (on any device) -> float32 ``(N, 3, H, W)`` in [0, 1] there."""
+    if t.dtype != torch.uint8 or t.dim() != 4 or t.shape[-1] != 3:
+        raise ValueError(f"uint8_to_float: expected uint8 (N, H, W, 3), got {t.dtype} {tuple(t.shape)}")
     t = t.permute(0, 3, 1, 2).float().div_(255.0)
     return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

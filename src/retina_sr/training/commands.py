@@ -39,15 +39,28 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from ..runtime import set_threads
-    from .bench import bench_train, format_results
+    from .bench import HEADER, bench_train, format_row
 
     set_threads(args.threads)
     params = _params(args) if args.params or _exists("params.yaml") else None
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    print(HEADER, flush=True)
     results = bench_train(sizes=sizes, steps=args.steps, device=args.device, batch_size=args.batch,
-                          crop=args.crop, perceptual=not args.no_perceptual, warmup=args.warmup, params=params)
-    print(format_results(results))
+                          crop=args.crop, perceptual=not args.no_perceptual, warmup=args.warmup, params=params,
+                          degrade_on=_choices(args.degrade_on, ("auto", "host", "device"), "--degrade-on"),
+                          compile=[c == "on" for c in _choices(args.compile, ("off", "on"), "--compile")],
+                          on_result=lambda r: print(format_row(r), flush=True))
+    if results:
+        print(f"(zooms cycled per step: {results[0]['scales']}; {results[0]['steps']} timed steps after warm-up)")
     return 0
+
+
+def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f"{flag}: {value!r} is not a comma list of {', '.join(allowed)}")
+    return items
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch", type=int, default=None, help="batch size (default: the study's train.loop.batch_size)")
     b.add_argument("--crop", type=int, default=None, help="HR crop side (default: the study's data.patches.crop)")
     b.add_argument("--no-perceptual", action="store_true", help="skip the pixel+perceptual measurement")
+    b.add_argument("--degrade-on", default="auto",
+                   help="train.loop.degrade_on setting(s) to time, comma list of auto, host, device (e.g. host,device)")
+    b.add_argument("--compile", default="off", help="train.loop.compile setting(s) to time: off, on or off,on")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--params", action="append", default=None,
                    help="parameter file(s) for scales/batch/crop/EMA (default: params.yaml when present)")

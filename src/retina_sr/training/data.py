@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["PatchSet", "PatchDataError", "load_patches", "BatchSampler", "OnlineDegrader"]
 
@@ -150,25 +151,51 @@ class OnlineDegrader:
     def __init__(self, cfg, seed: int) -> None:
         self.cfg, self.seed = cfg, int(seed)
 
+    def _draw(self, step: int, pos: int) -> tuple[int, bool, int | None, float, float, np.random.Generator]:
+        """Position ``pos`` of step ``step``'s global batch: (rot90 k, flip, JPEG quality, sigma, noise std, rng)."""
+        pc = self.cfg
+        rng = np.random.default_rng([self.seed, 0x5EED, int(step), int(pos)])
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        q = int(rng.integers(pc.jpeg_quality[0], pc.jpeg_quality[1] + 1)) if pc.jpeg_quality else None
+        return k, flip, q, float(rng.uniform(*pc.blur_sigma)), float(rng.uniform(*pc.noise_std)), rng
+
     def __call__(self, hr: np.ndarray, zoom: int, step: int, fov: np.ndarray | None = None,
                  offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``hr`` uint8 (N, c, c, 3) [+ ``fov`` bool (N, c, c)], the global batch's items ``offset`` ..
         ``offset + N - 1`` -> (transformed HR, its LR (N, c/zoom, c/zoom, 3), transformed FOV or None)."""
         from ..data.patches import degrade
 
-        pc = self.cfg
         hrs, lrs, fovs = [], [], []
         for i, img in enumerate(hr):
-            rng = np.random.default_rng([self.seed, 0x5EED, int(step), int(offset) + i])
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            k, flip, q, sigma, noise_std, rng = self._draw(step, offset + i)
             img = np.ascontiguousarray(_dihedral(img, k, flip))
             if fov is not None:
                 fovs.append(_dihedral(fov[i], k, flip))
-            q = int(rng.integers(pc.jpeg_quality[0], pc.jpeg_quality[1] + 1)) if pc.jpeg_quality else None
-            lrs.append(degrade(img, zoom, float(rng.uniform(*pc.blur_sigma)), float(rng.uniform(*pc.noise_std)),
-                               rng, q, pc.poisson_peak))
+            lrs.append(degrade(img, zoom, sigma, noise_std, rng, q, self.cfg.poisson_peak))
             hrs.append(img)
         return np.stack(hrs), np.stack(lrs), (np.ascontiguousarray(np.stack(fovs)) if fov is not None else None)
+
+    def on_device(self, hr: torch.Tensor, zoom: int, step: int, fov: torch.Tensor | None = None,
+                  offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`__call__` on torch tensors where they are (``train.loop.degrade_on: device``): the same
+        dihedral transforms, sigmas and noise stds (drawn on the host from the same per-position
+        generators), applied by :func:`retina_sr.data.degrade_torch.degrade_batch`; the Gaussian noise comes
+        from a torch generator on ``hr``'s device seeded with ``(seed, step)`` (drawn for the whole global
+        batch up to this shard, so shards together degrade it as one process does). No JPEG here."""
+        from ..data.degrade_torch import degrade_batch, dihedral_batch
+
+        if self.cfg.jpeg_quality:
+            raise ValueError("data.patches.jpeg_quality is set, and JPEG runs on the host only: set "
+                             "train.loop.degrade_on to 'host' (or 'auto')")
+        draws = [self._draw(step, offset + i) for i in range(hr.shape[0])]
+        ks, flips = [d[0] for d in draws], [d[1] for d in draws]
+        hr = dihedral_batch(hr, ks, flips)
+        fov = dihedral_batch(fov, ks, flips) if fov is not None else None
+        seed = int(np.random.SeedSequence([self.seed, 0x5EED, int(step)]).generate_state(1, np.uint64)[0] >> 1)
+        gen = torch.Generator(device=hr.device).manual_seed(seed)
+        lr = degrade_batch(hr, zoom, torch.tensor([d[3] for d in draws]), torch.tensor([d[4] for d in draws]), gen,
+                           self.cfg.poisson_peak, skip=offset)
+        return hr, lr, fov
 
 
 def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:

@@ -118,6 +118,8 @@ def checkpoint_meta(params: Params, plan: PhasePlan, run: TrainingRun, data_hash
         "init_from": None if run.init is None else {k: run.init[k] for k in ("path", "sha256", "loaded", "skipped", "unused")},
         "pretrain_steps": run.pretrain,
         "steps": run.total_steps,
+        "degradation": run.degrade_on,  # online on the "host" or the "device", or "stored" LR arrays
+        "compiled": run.compiled,
         "seed": params.seed,
         "params_digest": params.digest(),
         "git_commit": git_commit(plan.root),

@@ -21,7 +21,10 @@ training starts over. Products and the MLflow run: :mod:`.outputs`.
 
 Device: ``train.loop.device`` (``auto``: CUDA when present); on CUDA bf16 autocast (``train.loop.amp``),
 channels_last (``train.loop.channels_last``), ``cudnn.benchmark`` (few shapes: one per zoom) and fused
-Adam; on CPU Adam's ``foreach`` path. ``train.loop.devices`` > 1: data-parallel under ``torchrun``
+Adam; on CPU Adam's ``foreach`` path. The online degradation runs on the GPU there
+(``train.loop.degrade_on``: :meth:`.data.OnlineDegrader.on_device`, with the uint8 crops resident on the
+GPU when they fit, :func:`resident_arrays`), else on the host; ``train.loop.compile`` compiles the
+generator (one graph per zoom). The checkpoint records both. ``train.loop.devices`` > 1: data-parallel under ``torchrun``
 (:mod:`.distributed`): every rank draws the same global batch and trains on its slice (the online
 degradation of a patch depends on its position in the global batch, not on the rank), DDP averages the
 gradients, the logged losses are averaged over the ranks; rank 0 alone validates and writes ``last.pt``,
@@ -47,7 +50,7 @@ from torch import nn
 
 from .. import paths, phases
 from ..config import ModelConfig, Params, PhaseConfig, levels_for_zoom
-from ..models.tensors import to_tensor
+from ..models.tensors import to_tensor, uint8_to_float
 from ..runtime import file_sha256, seed_everything
 from .data import BatchSampler, OnlineDegrader, PatchSet, load_patches
 from .distributed import DistContext
@@ -233,6 +236,33 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------- training
+def resolve_degrade_on(setting: str, device: torch.device, jpeg_quality: Any) -> str:
+    """``train.loop.degrade_on`` -> "host" or "device" (``auto``: device on CUDA unless JPEG is on)."""
+    if setting == "device" and jpeg_quality:
+        raise ValueError("train.loop.degrade_on is 'device' but data.patches.jpeg_quality is set, and JPEG "
+                         "runs on the host only: set train.loop.degrade_on to 'host' or 'auto'")
+    if setting == "auto":
+        return "device" if device.type == "cuda" and not jpeg_quality else "host"
+    return setting
+
+
+#: share of the GPU's free memory the resident training crops may take
+RESIDENT_SHARE = 0.4
+
+
+def resident_arrays(data: PatchSet, device: torch.device, with_fov: bool) -> dict[str, torch.Tensor]:
+    """The split's uint8 HR crops (and FOV masks) copied to the GPU once, when they take at most
+    :data:`RESIDENT_SHARE` of its free memory; else ``{}`` (batches are gathered on the host and uploaded)."""
+    arrays = {"hr": data.hr, **({"fov": data.fov} if with_fov and data.fov is not None else {})}
+    need = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > RESIDENT_SHARE * free:
+        log.info("training crops (%.1f GB) stay on the host: more than %.0f%% of the GPU's free %.1f GB",
+                 need / 1e9, 100 * RESIDENT_SHARE, free / 1e9)
+        return {}
+    return {k: torch.from_numpy(np.ascontiguousarray(a)).to(device) for k, a in arrays.items()}
+
+
 class TrainingRun:
     """Mutable training state of one phase (everything ``last.pt`` stores) and its step."""
 
@@ -290,6 +320,12 @@ class TrainingRun:
         self.sampler = BatchSampler(len(train), t.batch_size, params.seed)
         self.degrader = OnlineDegrader(params.data.patches, params.seed) if t.degradation == "online" else None
         self.train_data = train
+        #: where the online degradation runs ("host", "device") or "stored" (fixed LR arrays)
+        self.degrade_on = resolve_degrade_on(t.degrade_on, device, params.data.patches.jpeg_quality) \
+            if self.degrader is not None else "stored"
+        self._resident: dict[str, torch.Tensor] = {}
+        if self.degrade_on == "device" and self.cuda:
+            self._resident = resident_arrays(train, device, self.spec.uses_fov)
         # DDP wrappers (training forward/backward only; state, EMA and evaluation use the bare modules).
         # Zooms below the largest leave the upper pyramid levels unused: find_unused_parameters.
         self.model_dp: nn.Module = self.model
@@ -301,6 +337,9 @@ class TrainingRun:
             self.model_dp = DDP(self.model, device_ids=ids, find_unused_parameters=len(self.scales) > 1)
             if self.disc is not None:
                 self.disc_dp = DDP(self.disc, device_ids=ids)
+        self.compiled = bool(t.compile)
+        if self.compiled:  # one static graph per zoom (n_up and the crop's shapes); the state stays self.model's
+            self.model_dp = torch.compile(self.model_dp, dynamic=False)  # type: ignore[assignment]
         seed_everything(params.seed + self.dist.rank)  # per-rank RNG streams (rank 0: the single-process one)
         self.step = 0
         self.best_val = -math.inf
@@ -321,23 +360,39 @@ class TrainingRun:
         return self.ema.module if self.ema is not None else self.model
 
     # -- one optimisation step
+    def _upload(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.pin_memory().to(self.device, non_blocking=True) if self.cuda else t
+
+    def _batch(self, idx: np.ndarray, zoom: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step's (LR, HR) float NCHW batch on the device, and the FOV masks when the loss reads them."""
+        d = self.train_data
+        want_fov = d.fov is not None and self.spec.uses_fov  # only phases whose loss reads it get a mask
+        if self.degrade_on == "device" and self.degrader is not None:
+            if self._resident:  # the uint8 crops live on the GPU: gather there
+                ix = self._upload(idx.astype(np.int64))
+                hr_u8 = self._resident["hr"].index_select(0, ix)
+                fov_t = self._resident["fov"].index_select(0, ix) if want_fov else None
+            else:
+                hr_u8 = self._upload(d.hr[idx])
+                fov_t = self._upload(d.fov[idx]) if want_fov and d.fov is not None else None
+            hr_u8, lr_u8, fov_t = self.degrader.on_device(hr_u8, zoom, self.step, fov_t, offset=offset)
+            return uint8_to_float(lr_u8, self.channels_last), uint8_to_float(hr_u8, self.channels_last), fov_t
+        fov_np = d.fov[idx] if want_fov and d.fov is not None else None
+        if self.degrader is not None:
+            hr_np, lr_np, fov_np = self.degrader(d.hr[idx], zoom, self.step, fov_np, offset=offset)
+        else:
+            hr_np, lr_np = d.hr[idx], d.lr[zoom][idx]
+        fov = self._upload(fov_np) if fov_np is not None else None
+        return to_tensor(lr_np, self.device, self.channels_last), to_tensor(hr_np, self.device, self.channels_last), fov
+
     def train_step(self) -> dict[str, torch.Tensor]:
         """One generator (+ discriminator) update; returns the detached loss terms (no host sync)."""
         t = self.loop
         zoom = self.scales[self.step % len(self.scales)]
         shard = self.dist.shard(t.batch_size)
         idx = self.sampler.next()[shard]  # every rank draws the global batch and keeps its slice
-        fov_np = self.train_data.fov[idx] if self.train_data.fov is not None and self.spec.uses_fov else None
-        if self.degrader is not None:
-            hr_np, lr_np, fov_np = self.degrader(self.train_data.hr[idx], zoom, self.step, fov_np, offset=shard.start)
-        else:
-            hr_np, lr_np = self.train_data.hr[idx], self.train_data.lr[zoom][idx]
-        lr = to_tensor(lr_np, self.device, self.channels_last)
-        hr = to_tensor(hr_np, self.device, self.channels_last)
-        fov = None
-        if fov_np is not None:  # only phases whose loss reads it (LossSpec.uses_fov) get here
-            fov = torch.from_numpy(np.ascontiguousarray(fov_np))
-            fov = fov.pin_memory().to(self.device, non_blocking=True) if self.cuda else fov
+        lr, hr, fov = self._batch(idx, zoom, shard.start)
         self.model.train()
         catching_up = self.step < self.pretrain
         train_d = self.disc is not None and self.opt_d is not None and self.sched_d is not None and not catching_up
