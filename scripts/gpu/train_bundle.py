@@ -7,7 +7,11 @@ vessel-ridge (10) and periodic-artifact (0.2) losses, batch 64, 256 crops per im
 53 steps/s (13 872 steps in 4.3 min); size STEPS so that the run ends inside the device call (a killed
 run leaves only models/.resume/l1/last.pt in /tmp/gpu_study).
 """
-import json, os, shutil, sys, time
+import json
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +28,7 @@ root = Path("/tmp/gpu_study")
 shutil.rmtree(root, ignore_errors=True)
 shutil.copytree(Path(".gpu/study").resolve(), root)
 os.chdir(root)
-raw = yaml.safe_load(open("params.yaml"))
+raw = yaml.safe_load(Path("params.yaml").read_text())
 raw["data"]["workers"] = os.cpu_count() or 2
 raw["data"]["patches"]["per_image"] = 8 if smoke else 256
 raw["model"]["upsample"] = "resize_conv"
