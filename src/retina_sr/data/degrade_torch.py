@@ -30,14 +30,11 @@ def cv_gaussian_ksize(sigma: float) -> int:
     return int(round(sigma * 8 + 1)) | 1
 
 
-def gaussian_kernels(sigma: torch.Tensor, ksize: int | None = None) -> torch.Tensor:
+def gaussian_kernels(sigma: torch.Tensor) -> torch.Tensor:
     """Normalised 1-D Gaussian kernels ``(N, K)`` for ``sigma`` ``(N,)`` (> 0), each with OpenCV's taps,
-    zero-padded to ``K`` (default: the widest one's size)."""
-    sig = sigma.detach().to(torch.float64).cpu().tolist()
-    sizes = [cv_gaussian_ksize(s) for s in sig]
-    k = max(sizes) if ksize is None else ksize
-    if k < max(sizes) or k % 2 == 0:
-        raise ValueError(f"ksize {k} must be odd and >= {max(sizes)}")
+    zero-padded to the widest one's size ``K``."""
+    sizes = [cv_gaussian_ksize(s) for s in sigma.detach().to(torch.float64).cpu().tolist()]
+    k = max(sizes)
     x = torch.arange(k, dtype=torch.float64, device=sigma.device) - k // 2
     s = sigma.to(torch.float64)[:, None]
     g = torch.exp(-(x[None] ** 2) / (2 * s**2))
