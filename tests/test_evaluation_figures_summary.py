@@ -41,3 +41,21 @@ def test_summary_bolds_the_checkerboard_closest_to_hr():
     assert cells["l1"] == "**1.02**"
     assert cells["bicubic"] == "0.2" and cells["adversarial"] == "2.5"
     assert "closest to 1 is bold" in text
+
+
+def test_initialisation_lines_say_how_each_model_was_made():
+    from types import SimpleNamespace
+
+    from retina_sr.evaluation.report import _initialisation
+
+    init = {"path": "models/adversarial/model.pt", "loaded": 10, "skipped": 4}
+    models = [SimpleNamespace(name="l1", meta={"phase": "l1", "steps": 3000, "step": 3000}),
+              SimpleNamespace(name="modified_subpixel", meta={"phase": "modified", "init_from": init, "steps": 3050,
+                                                              "pretrain_steps": 3000, "step": 2750,
+                                                              "loss_overrides": {"periodic_weight": 0.3}})]
+    lines = _initialisation(SimpleNamespace(models=models))
+    text = "\n".join(lines)
+    assert "`l1`: from initialisation; 3000 steps; best validation step 3000." in text
+    assert "(10 tensors inherited, 4 at initialisation)" in text
+    assert "3000 catch-up steps first, as `l1` trains: its lr and schedule, `l1`'s losses with this variant's " \
+           "periodic_weight 0.3" in text and "best validation step 2750" in text

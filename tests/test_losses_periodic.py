@@ -69,6 +69,21 @@ def test_gradient_removes_the_checkerboard_and_keeps_the_image():
     assert float((x.detach() - hr).abs().mean()) < 0.05
 
 
+def test_one_sided_a_smoother_output_costs_nothing_a_grid_does():
+    """Only magnitude above HR's is an artifact: a blurred output (less energy in every bin) scores 0, so
+    the term never pulls towards a smooth image the way a pixel loss does; a grid on it still scores."""
+    loss = PeriodicLoss()
+    g = torch.Generator().manual_seed(5)
+    hr = (_smooth(2, 64) + 0.05 * torch.rand(2, 3, 64, 64, generator=g)).clamp(0, 1)  # detail at every frequency
+    blurred = F.avg_pool2d(F.pad(hr, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    assert float(loss(blurred, hr, 4)) < 1e-3
+    assert float(loss(blurred + 0.03 * _checker(64, 2), hr, 4)) > 0.05
+    # the gradient of a smoother-than-HR output is zero: nothing to undo
+    x = blurred.clone().requires_grad_(True)
+    loss(x, hr, 4).backward()
+    assert float(x.grad.abs().max()) < 1e-6
+
+
 def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"\(2, 1, 8, 8\)"):
         PeriodicLoss()(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), 2)
@@ -85,3 +100,7 @@ def test_phase_loss_uses_it_only_when_weighted():
     t_on, terms_on = on.generator(outs, hr, zoom=2)
     assert "periodic" not in terms_off and float(terms_on["periodic"]) > 0.1
     assert float(t_on - t_off) == pytest.approx(0.5 * float(terms_on["periodic"]), rel=1e-5)
+    # zoom 1 (same-size deblur): no upsampler, no artifact term
+    same = [hr + 0.05 * _checker(32, 2)]
+    t1_on, terms1 = on.generator(same, hr, zoom=1)
+    assert float(terms1["periodic"]) == 0.0 and float(t1_on) == pytest.approx(float(off.generator(same, hr, zoom=1)[0]))

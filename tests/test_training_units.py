@@ -13,7 +13,7 @@ from torch import nn
 
 from retina_sr.config import ModelConfig
 from retina_sr.evaluation.metrics import psnr_pt
-from retina_sr.models import build_model
+from retina_sr.models import apply_variant, build_model
 from retina_sr.models.checkpoint import CheckpointError, load_model, load_state_strict, save_model
 from retina_sr.training import (
     ModelEMA,
@@ -137,6 +137,30 @@ def test_a_variant_catches_up_as_l1_trains(tmp_path, variant):
     assert lrs[0] > lrs[1] > lrs[2] > lrs[3] > lrs[4]
     assert all("ridge" in k and "perceptual" not in k and "adv_g" not in k for k in keys[:3])  # l1's loss set
     assert all("ridge" not in k and "perceptual" in k for k in keys[3:])  # the phase's own
+
+
+def test_a_variants_loss_weights_apply_to_its_catch_up_and_own_steps_only(tmp_path):
+    """train.variants.<v>.loss replaces the phases' ridge/periodic weights for that variant (catch-up on
+    l1 and own steps), not for the main line or another variant; the checkpoint meta records them."""
+    from retina_sr.training.outputs import checkpoint_meta
+
+    variants = {"subpixel": {"upsample": "subpixel", "loss": {"periodic_weight": 0.3}},
+                "resblock": {"block": "residual"}}
+    params, run = _variant_run(tmp_path, "subpixel", l1={"steps": 2, "ridge_weight": 0.5},
+                               modified={"steps": 1}, variants=variants)
+    assert loss_spec(params, "l1").periodic_weight == 0.0 and loss_spec(params, "modified").periodic_weight == 0.0
+    assert loss_spec(params, "l1", "subpixel").periodic_weight == 0.3
+    assert loss_spec(params, "l1", "subpixel").ridge_weight == 0.5  # unset: the phase's own
+    assert loss_spec(params, "l1", "resblock").periodic_weight == 0.0
+    with pytest.raises(ValueError, match="not in train.variants"):
+        loss_spec(params, "l1", "nope")
+    assert run.catch_up_losses is not None and run.catch_up_losses.periodic is not None
+    assert run.losses.periodic is not None
+    keys = [set(run.train_step()) for _ in range(3)]
+    assert all("periodic" in k for k in keys)  # catch-up and own steps pay the term
+    assert apply_variant(params.model, params.train.variants["subpixel"]).upsample == "subpixel"
+    meta = checkpoint_meta(params, run.plan, run, "d")
+    assert meta["loss_overrides"] == {"periodic_weight": 0.3}
 
 
 def test_psnr_known_value():

@@ -353,9 +353,9 @@ class PhaseConfig(_Section):
         0.0, ge=0, description="vessel-ridge loss (green-channel Hessian dark-ridge response vs HR's, "
         "losses/ridge.py) on the final output: keeps thin-vessel contrast that a pixel loss trades for PSNR")
     periodic_weight: float = Field(
-        0.0, ge=0, description="periodic-artifact loss (the final output's luminance spectrum at the upsampling "
-        "periods 2..zoom vs HR's, losses/periodic.py): keeps a learned upsampler, pushed by the ridge loss, from "
-        "painting a checkerboard")
+        0.0, ge=0, description="periodic-artifact loss (the final output's luminance spectral magnitude above "
+        "HR's at the upsampling periods 2..zoom, losses/periodic.py; none at zoom 1): keeps a learned upsampler, "
+        "pushed by the ridge loss, from painting a checkerboard")
 
 
 class L1Phase(PhaseConfig):
@@ -392,13 +392,25 @@ class AdversarialPhase(PhaseConfig):
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
 
+class VariantLoss(_Section):
+    """Loss weights one variant trains with in place of the phases' own, in its catch-up and its own
+    steps alike (unset: the phase's). For an architecture that needs a guard the main line does not:
+    a sub-pixel upsampler has no structural defence against a checkerboard (docs/ablation.md)."""
+
+    ridge_weight: float | None = Field(None, ge=0, description="vessel-ridge loss weight (train.<phase>.ridge_weight)")
+    periodic_weight: float | None = Field(
+        None, ge=0, description="periodic-artifact loss weight (train.<phase>.periodic_weight)")
+
+
 class VariantConfig(_Section):
-    """Architecture overrides for one network-modification variant."""
+    """Architecture overrides for one network-modification variant (and, in ``loss``, the loss weights
+    it trains with where they differ from the phases')."""
 
     share_weights: bool | None = None
     recursions: int | None = Field(None, ge=1)
     block: Literal["plain", "residual"] | None = None
     upsample: Literal["deconv", "resize_conv", "subpixel"] | None = None
+    loss: VariantLoss = Field(default_factory=VariantLoss)
 
 
 class LoopConfig(_Section):

@@ -267,7 +267,12 @@ def _initialisation(result: EvaluationResult) -> list[str]:
         else:
             start = "from initialisation" if m.get("phase") else "unknown (no training metadata)"
         pre = m.get("pretrain_steps") or 0
-        budget = f"{m.get('steps', 'n/a')} steps" + (f" ({pre} catch-up steps first, as `l1` trains: its lr, schedule and losses)" if pre else "")
+        over = m.get("loss_overrides") or {}
+        own = ", ".join(f"{k} {v:g}" for k, v in sorted(over.items()))
+        losses = f"its lr and schedule, `l1`'s losses with this variant's {own}" if own else "its lr, schedule and losses"
+        budget = f"{m.get('steps', 'n/a')} steps" + (f" ({pre} catch-up steps first, as `l1` trains: {losses})" if pre else "")
+        if own and not pre:
+            budget += f" (this variant's loss weights: {own})"
         lines.append(f"- `{e.name}`: {start}; {budget}; best validation step {m.get('step', 'n/a')}.")
     return ["## Models and their initialisation", "", *lines, ""] if lines else []
 

@@ -6,9 +6,12 @@ energy at the frequencies ``(kx/p, ky/p)`` cycles/pixel, ``p`` = 2 .. zoom (Oden
 rewards thin-vessel contrast (:class:`~retina_sr.losses.ridge.RidgeLoss`) can drive the model there, as a
 periodic pattern also raises a ridge filter's response. This term is the evaluation's own artifact probe
 (:func:`retina_sr.evaluation.artifacts.periodic_energy`: Hann-windowed luminance spectrum within
-``radius`` bins of those frequencies) made differentiable: the mean magnitude of the output's spectrum
-minus the HR image's in those bins, relative to the HR image's RMS spectral magnitude (so the term is
-scale-free and 0 when the output equals HR there).
+``radius`` bins of those frequencies) made differentiable and one-sided: the mean *excess* of the
+output's spectral magnitude over the HR image's in those bins, relative to the HR image's RMS spectral
+magnitude (scale-free; 0 when the output has no more energy there than HR, e.g. a smoother image). At
+x4/x8 those bins cover much of the spectrum (periods 2..zoom), so a two-sided match there (the form up to
+session 5, which the bundled v3 was trained with) acted as a second pixel loss that smoothed vessels away;
+the excess alone removes the grid without that cost (docs/ablation.md).
 
 Example::
 
@@ -47,7 +50,7 @@ def periodic_mask(h: int, w: int, period: int, radius: int = 1) -> Tensor:
 
 
 class PeriodicLoss(nn.Module):
-    """``mean_bins |F(y_out) - F(y_hr)| / rms_all |F(y_hr)|`` per image, averaged over the batch.
+    """``mean_bins max(|F(y_out)| - |F(y_hr)|, 0) / rms_all |F(y_hr)|`` per image, averaged over the batch.
 
     ``y`` = luminance minus its mean, times a 2-D Hann window; bins as :func:`periodic_mask` for the
     step's zoom (period 2 at zoom 1). Inputs (N, 3, H, W) of one shape, computed in float32.
@@ -83,6 +86,8 @@ class PeriodicLoss(nn.Module):
         with torch.no_grad():
             fh = self._spectrum(hr.float(), win)
             scale = fh.abs().square().mean(dim=(-2, -1)).sqrt().clamp_min(self.eps)  # (N,)
-        d = torch.view_as_real((fo - fh)[:, mask])  # (N, bins, 2)
-        diff = torch.sqrt(d.square().sum(dim=-1) + self.eps).mean(dim=-1)  # (N,): |.| smooth at 0
+        # one-sided: only magnitude above HR's is an artifact; less (a smoother output) is the pixel
+        # losses' business, and a two-sided match made the term a second, blurring pixel loss (docs/ablation.md)
+        mag = torch.sqrt(torch.view_as_real(fo[:, mask]).square().sum(dim=-1) + self.eps)  # |.| smooth at 0
+        diff = torch.relu(mag - fh[:, mask].abs()).mean(dim=-1)  # (N,)
         return (diff / scale).mean()

@@ -129,6 +129,7 @@ def build_model(cfg: ModelConfig, levels: int) -> LapSRN:
 
 
 def apply_variant(model_cfg: ModelConfig, variant_cfg: VariantConfig) -> ModelConfig:
-    """Return a new, validated ``ModelConfig`` with the non-None fields of ``variant_cfg`` applied."""
-    overrides = {k: v for k, v in variant_cfg.model_dump().items() if v is not None}
+    """Return a new, validated ``ModelConfig`` with the non-None architecture fields of ``variant_cfg``
+    applied (its ``loss`` weights are the trainer's: :func:`retina_sr.training.loss_spec`)."""
+    overrides = {k: v for k, v in variant_cfg.model_dump(exclude={"loss"}).items() if v is not None}
     return ModelConfig.model_validate({**model_cfg.model_dump(), **overrides})

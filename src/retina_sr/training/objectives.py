@@ -52,13 +52,22 @@ class LossSpec:
         return self.perceptual is not None and self.perceptual.saliency_weight > 0
 
 
-def loss_spec(params: Params, phase: str) -> LossSpec:
+def loss_spec(params: Params, phase: str, variant: str | None = None) -> LossSpec:
     """The :class:`LossSpec` of ``phase``: its own pixel-side weights plus the terms of the sections its
-    :class:`~retina_sr.phases.Phase` lists in ``losses`` (``perceptual``, ``adversarial``)."""
+    :class:`~retina_sr.phases.Phase` lists in ``losses`` (``perceptual``, ``adversarial``). With
+    ``variant``, the weights that ``train.variants.<variant>.loss`` sets replace the phase's (a variant's
+    catch-up on ``l1`` and its own steps both train with them)."""
     p = phases.get(phase)
     t = params.train
     cfg: PhaseConfig = getattr(t, p.name)
-    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, cfg.ridge_weight, cfg.periodic_weight,
+    ridge, periodic = cfg.ridge_weight, cfg.periodic_weight
+    if variant is not None:
+        if variant not in t.variants:
+            raise ValueError(f"variant {variant!r} is not in {phases.VARIANTS_KEY} (have {sorted(t.variants)})")
+        over = t.variants[variant].loss
+        ridge = ridge if over.ridge_weight is None else over.ridge_weight
+        periodic = periodic if over.periodic_weight is None else over.periodic_weight
+    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, ridge, periodic,
                     perceptual=t.perceptual if "perceptual" in p.losses else None,
                     adversarial=t.adversarial if "adversarial" in p.losses else None)
 
@@ -122,8 +131,8 @@ class PhaseLosses(nn.Module):
         if self.ridge is not None:
             terms["ridge"] = self.ridge(final, hr)
             total = total + s.ridge_weight * terms["ridge"]
-        if self.periodic is not None:
-            terms["periodic"] = self.periodic(final, hr, zoom)
+        if self.periodic is not None:  # zoom 1 has no upsampler, so no upsampling artifact to guard against
+            terms["periodic"] = self.periodic(final, hr, zoom) if zoom > 1 else final.new_zeros(())
             total = total + s.periodic_weight * terms["periodic"]
         p = s.perceptual  # the perceptual/saliency modules exist only when it is set
         if self.perceptual is not None and p is not None:

@@ -101,6 +101,12 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps({k: metrics[k] for k in HEADLINE_METRICS}, indent=2) + "\n")
 
 
+def _loss_overrides(params: Params, plan: PhasePlan) -> dict[str, float]:
+    if plan.variant is None or plan.variant not in params.train.variants:
+        return {}
+    return params.train.variants[plan.variant].loss.model_dump(exclude_none=True)
+
+
 def checkpoint_meta(params: Params, plan: PhasePlan, run: TrainingRun, data_hash: str) -> dict[str, Any]:
     """What ``model.pt`` records about how it was made (read by evaluation, inference and the registry)."""
     return {
@@ -118,6 +124,8 @@ def checkpoint_meta(params: Params, plan: PhasePlan, run: TrainingRun, data_hash
         "init_from": None if run.init is None else {k: run.init[k] for k in ("path", "sha256", "loaded", "skipped", "unused")},
         "pretrain_steps": run.pretrain,
         "steps": run.total_steps,
+        # the variant's own loss weights (train.variants.<v>.loss), used in its catch-up and own steps
+        "loss_overrides": _loss_overrides(params, plan),
         "degradation": run.degrade_on,  # online on the "host" or the "device", or "stored" LR arrays
         "compiled": run.compiled,
         "seed": params.seed,

@@ -301,11 +301,11 @@ class TrainingRun:
         self.catch_up_cfg: PhaseConfig | None = getattr(params.train, catch_up) if catch_up and changed else None
         self.pretrain = self.catch_up_cfg.steps if self.catch_up_cfg is not None else 0
         self.total_steps = self.pretrain + plan.cfg.steps
-        self.spec = loss_spec(params, plan.phase)
+        self.spec = loss_spec(params, plan.phase, plan.variant)
         self.losses = PhaseLosses(self.spec).to(device)
         self.catch_up_losses: PhaseLosses | None = None
         if catch_up and self.catch_up_cfg is not None:
-            self.catch_up_losses = PhaseLosses(loss_spec(params, catch_up)).to(device)
+            self.catch_up_losses = PhaseLosses(loss_spec(params, catch_up, plan.variant)).to(device)
         self.disc: nn.Module | None = None
         self.opt_d: torch.optim.Optimizer | None = None
         self.sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
