@@ -358,7 +358,13 @@ def test_training_runs_own_params_are_what_differs_from_the_study(tmp_path):
     variant = next(iter(params.train.variants))
     plan = plan_phase(params, "modified", variant, root=tmp_path)
     own = PhaseTracker(params, plan, None, None, "h", None).own_params()
-    changed = {f"model.{k}": v for k, v in params.train.variants[variant].model_dump(mode="json").items()
+    changed = {f"model.{k}": v for k, v in params.train.variants[variant].model_dump(mode="json", exclude={"loss"}).items()
                if v is not None and params.model.model_dump(mode="json")[k] != v}
     assert changed and own == {"phase": "modified", "variant": variant,
                                **params.train.modified.model_dump(mode="json"), **changed}
+    # a variant's own loss weights (train.variants.<v>.loss) are its run's too
+    params, _ = tiny_params(tmp_path, train={"variants": {"subpixel": {"upsample": "subpixel",
+                                                                       "loss": {"periodic_weight": 0.3}}}})
+    own = PhaseTracker(params, plan_phase(params, "modified", "subpixel", root=tmp_path), None, None, "h",
+                       None).own_params()
+    assert own["loss.periodic_weight"] == 0.3 and own["model.upsample"] == "subpixel" and "loss.ridge_weight" not in own

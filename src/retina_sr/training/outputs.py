@@ -187,13 +187,15 @@ class PhaseTracker:
 
     def own_params(self) -> dict[str, Any]:
         """What differs between the training runs: phase, variant, the phase's settings (``train.<phase>``)
-        and, for a variant, the model settings it changes (``model.<key>``)."""
+        and, for a variant, the model settings it changes (``model.<key>``) and the loss weights it sets
+        for its catch-up and own steps (``loss.<key>``, ``train.variants.<variant>.loss``)."""
         plan = self.plan
         own: dict[str, Any] = {"phase": plan.phase, "variant": plan.variant or "", **plan.cfg.model_dump(mode="json")}
         study_model = self.params.model.model_dump(mode="json")
         for k, v in plan.model_cfg.model_dump(mode="json").items():
             if study_model.get(k) != v:
                 own[f"model.{k}"] = v
+        own.update({f"loss.{k}": v for k, v in _loss_overrides(self.params, plan).items()})
         return own
 
     def __enter__(self) -> PhaseTracker:
