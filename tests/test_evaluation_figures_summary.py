@@ -52,11 +52,10 @@ def test_initialisation_lines_say_how_each_model_was_made():
     models = [SimpleNamespace(name="l1", meta={"phase": "l1", "steps": 3000, "step": 3000}),
               SimpleNamespace(name="modified_subpixel", meta={"phase": "modified", "init_from": init, "steps": 3050,
                                                               "pretrain_steps": 3000, "step": 2750,
-                                                              "loss_overrides": {"periodic_weight": 0.3,
-                                                                                 "pyramid": False}})]
+                                                              "loss_overrides": {"periodic_weight": 0.3}})]
     lines = _initialisation(SimpleNamespace(models=models))
     text = "\n".join(lines)
     assert "`l1`: from initialisation; 3000 steps; best validation step 3000." in text
     assert "(10 tensors inherited, 4 at initialisation)" in text
     assert "3000 catch-up steps first, as `l1` trains: its lr and schedule, `l1`'s losses with this variant's " \
-           "periodic_weight 0.3, pyramid false" in text and "best validation step 2750" in text
+           "periodic_weight 0.3" in text and "best validation step 2750" in text

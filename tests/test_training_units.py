@@ -163,25 +163,6 @@ def test_a_variants_loss_weights_apply_to_its_catch_up_and_own_steps_only(tmp_pa
     assert meta["loss_overrides"] == {"periodic_weight": 0.3}
 
 
-def test_a_variant_can_train_its_pixel_term_on_the_final_output_only(tmp_path):
-    """train.variants.<v>.loss.pyramid: false -> the Charbonnier term of that variant's steps (catch-up and
-    own) is the final output's alone; every other phase and variant keeps LapSRN's pyramid sum."""
-    from retina_sr.losses import pyramid_charbonnier
-
-    params, _ = tiny_params(tmp_path, train={"variants": {"shared": {"share_weights": True, "loss": {"pyramid": False}},
-                                                          "resblock": {"block": "residual"}}})
-    assert loss_spec(params, "l1").pyramid and loss_spec(params, "l1", "resblock").pyramid
-    assert not loss_spec(params, "l1", "shared").pyramid and not loss_spec(params, "modified", "shared").pyramid
-    torch.manual_seed(0)
-    hr = torch.rand(2, 3, 32, 32)
-    outs = [torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)]
-    _, final_only = PhaseLosses(loss_spec(params, "l1", "shared")).generator(outs, hr)
-    _, pyramid = PhaseLosses(loss_spec(params, "l1")).generator(outs, hr)
-    assert float(final_only["pixel"]) == pytest.approx(float(pyramid_charbonnier(outs[-1:], hr)))
-    assert float(pyramid["pixel"]) == pytest.approx(float(pyramid_charbonnier(outs, hr)))
-    assert float(pyramid["pixel"]) > float(final_only["pixel"])
-
-
 def test_psnr_known_value():
     a = torch.zeros(2, 3, 4, 4)
     b = torch.full((2, 3, 4, 4), 0.1)  # MSE 0.01 -> 20 dB

@@ -400,10 +400,6 @@ class VariantLoss(_Section):
     ridge_weight: float | None = Field(None, ge=0, description="vessel-ridge loss weight (train.<phase>.ridge_weight)")
     periodic_weight: float | None = Field(
         None, ge=0, description="periodic-artifact loss weight (train.<phase>.periodic_weight)")
-    pyramid: bool | None = Field(
-        None, description="Charbonnier loss at every pyramid level (true, LapSRN's; the default) or at the step's "
-        "final output only (false): with weights shared across levels, the pyramid supervises the lower levels "
-        "on every step and the upper ones only on high-zoom steps")
 
 
 class VariantConfig(_Section):

@@ -268,7 +268,7 @@ def _initialisation(result: EvaluationResult) -> list[str]:
             start = "from initialisation" if m.get("phase") else "unknown (no training metadata)"
         pre = m.get("pretrain_steps") or 0
         over = m.get("loss_overrides") or {}
-        own = ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else f'{v:g}'}" for k, v in sorted(over.items()))
+        own = ", ".join(f"{k} {v:g}" for k, v in sorted(over.items()))
         losses = f"its lr and schedule, `l1`'s losses with this variant's {own}" if own else "its lr, schedule and losses"
         budget = f"{m.get('steps', 'n/a')} steps" + (f" ({pre} catch-up steps first, as `l1` trains: {losses})" if pre else "")
         if own and not pre:

@@ -45,7 +45,6 @@ class LossSpec:
     periodic_weight: float = 0.0
     perceptual: PerceptualPhase | None = None
     adversarial: AdversarialPhase | None = None
-    pyramid: bool = True  # the pixel term at every pyramid level (LapSRN) or at the final output only
 
     @property
     def uses_fov(self) -> bool:
@@ -61,17 +60,16 @@ def loss_spec(params: Params, phase: str, variant: str | None = None) -> LossSpe
     p = phases.get(phase)
     t = params.train
     cfg: PhaseConfig = getattr(t, p.name)
-    ridge, periodic, pyramid = cfg.ridge_weight, cfg.periodic_weight, True
+    ridge, periodic = cfg.ridge_weight, cfg.periodic_weight
     if variant is not None:
         if variant not in t.variants:
             raise ValueError(f"variant {variant!r} is not in {phases.VARIANTS_KEY} (have {sorted(t.variants)})")
         over = t.variants[variant].loss
         ridge = ridge if over.ridge_weight is None else over.ridge_weight
         periodic = periodic if over.periodic_weight is None else over.periodic_weight
-        pyramid = pyramid if over.pyramid is None else over.pyramid
     return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, ridge, periodic,
                     perceptual=t.perceptual if "perceptual" in p.losses else None,
-                    adversarial=t.adversarial if "adversarial" in p.losses else None, pyramid=pyramid)
+                    adversarial=t.adversarial if "adversarial" in p.losses else None)
 
 
 class PhaseLosses(nn.Module):
@@ -128,7 +126,7 @@ class PhaseLosses(nn.Module):
         terms: dict[str, Tensor] = {}
         total = hr.new_zeros(())
         if s.pixel_weight > 0:
-            terms["pixel"] = pyramid_charbonnier(outputs if s.pyramid else outputs[-1:], hr, s.charbonnier_eps)
+            terms["pixel"] = pyramid_charbonnier(outputs, hr, s.charbonnier_eps)
             total = total + s.pixel_weight * terms["pixel"]
         if self.ridge is not None:
             terms["ridge"] = self.ridge(final, hr)
