@@ -53,7 +53,8 @@ class PeriodicLoss(nn.Module):
     """``mean_bins max(|F(y_out)| - |F(y_hr)|, 0) / rms_all |F(y_hr)|`` per image, averaged over the batch.
 
     ``y`` = luminance minus its mean, times a 2-D Hann window; bins as :func:`periodic_mask` for the
-    step's zoom (period 2 at zoom 1). Inputs (N, 3, H, W) of one shape, computed in float32.
+    step's zoom; 0 at zoom 1 (no upsampler, so no upsampling artifact). Inputs (N, 3, H, W) of one shape,
+    computed in float32.
     """
 
     lum: Tensor  # a buffer: BT.601 weights, (1, 3, 1, 1), on the module's device
@@ -80,8 +81,10 @@ class PeriodicLoss(nn.Module):
         if output.shape != hr.shape or output.dim() != 4 or output.shape[1] != 3:
             raise ValueError(f"PeriodicLoss needs two (N, 3, H, W) tensors of one shape, got {tuple(output.shape)} "
                              f"and {tuple(hr.shape)}")
+        if zoom <= 1:
+            return output.new_zeros((), dtype=torch.float32)
         h, w = output.shape[-2:]
-        win, mask = self._window_and_mask(h, w, max(int(zoom), 2), output.device)
+        win, mask = self._window_and_mask(h, w, int(zoom), output.device)
         fo = self._spectrum(output.float(), win)
         with torch.no_grad():
             fh = self._spectrum(hr.float(), win)

@@ -10,7 +10,7 @@ import lazy_loader as _lazy
 __getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
     "data": ["BatchSampler", "PatchDataError", "PatchSet", "load_patches"],
     "ema": ["ModelEMA"],
-    "objectives": ["LossSpec", "PhaseLosses", "loss_spec"],
+    "objectives": ["LossSpec", "PhaseLosses", "loss_spec", "loss_overrides"],
     "trainer": ["PhasePlan", "TrainingRun", "TrainResult", "build_optimizer", "build_scheduler", "init_weights",
                 "plan_phase", "stage_fingerprint", "train_phase"],
     "validation": ["val_grid", "validate"],

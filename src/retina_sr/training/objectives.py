@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .. import phases
 from ..config import AdversarialPhase, Params, PerceptualPhase, PhaseConfig
 
-__all__ = ["PhaseLosses", "LossSpec", "loss_spec"]
+__all__ = ["PhaseLosses", "LossSpec", "loss_spec", "loss_overrides"]
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,19 @@ def loss_spec(params: Params, phase: str, variant: str | None = None) -> LossSpe
     p = phases.get(phase)
     t = params.train
     cfg: PhaseConfig = getattr(t, p.name)
-    ridge, periodic = cfg.ridge_weight, cfg.periodic_weight
-    if variant is not None:
-        if variant not in t.variants:
-            raise ValueError(f"variant {variant!r} is not in {phases.VARIANTS_KEY} (have {sorted(t.variants)})")
-        over = t.variants[variant].loss
-        ridge = ridge if over.ridge_weight is None else over.ridge_weight
-        periodic = periodic if over.periodic_weight is None else over.periodic_weight
-    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, ridge, periodic,
+    w = {"ridge_weight": cfg.ridge_weight, "periodic_weight": cfg.periodic_weight, **loss_overrides(params, variant)}
+    return LossSpec(cfg.pixel_weight, t.loop.charbonnier_eps, w["ridge_weight"], w["periodic_weight"],
                     perceptual=t.perceptual if "perceptual" in p.losses else None,
                     adversarial=t.adversarial if "adversarial" in p.losses else None)
+
+
+def loss_overrides(params: Params, variant: str | None) -> dict[str, float]:
+    """The loss weights ``train.variants.<variant>.loss`` sets (``{}`` for the main line, ``variant=None``)."""
+    if variant is None:
+        return {}
+    if variant not in params.train.variants:
+        raise ValueError(f"variant {variant!r} is not in {phases.VARIANTS_KEY} (have {sorted(params.train.variants)})")
+    return params.train.variants[variant].loss.model_dump(exclude_none=True)
 
 
 class PhaseLosses(nn.Module):
@@ -131,8 +134,8 @@ class PhaseLosses(nn.Module):
         if self.ridge is not None:
             terms["ridge"] = self.ridge(final, hr)
             total = total + s.ridge_weight * terms["ridge"]
-        if self.periodic is not None:  # zoom 1 has no upsampler, so no upsampling artifact to guard against
-            terms["periodic"] = self.periodic(final, hr, zoom) if zoom > 1 else final.new_zeros(())
+        if self.periodic is not None:
+            terms["periodic"] = self.periodic(final, hr, zoom)
             total = total + s.periodic_weight * terms["periodic"]
         p = s.perceptual  # the perceptual/saliency modules exist only when it is set
         if self.perceptual is not None and p is not None:

@@ -23,6 +23,7 @@ from .. import paths
 from ..config import Params
 from ..runtime import device_name, file_sha256, git_commit
 from .data import PatchSet
+from .objectives import loss_overrides
 from .validation import val_grid
 
 if TYPE_CHECKING:
@@ -101,12 +102,6 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps({k: metrics[k] for k in HEADLINE_METRICS}, indent=2) + "\n")
 
 
-def _loss_overrides(params: Params, plan: PhasePlan) -> dict[str, float]:
-    if plan.variant is None or plan.variant not in params.train.variants:
-        return {}
-    return params.train.variants[plan.variant].loss.model_dump(exclude_none=True)
-
-
 def checkpoint_meta(params: Params, plan: PhasePlan, run: TrainingRun, data_hash: str) -> dict[str, Any]:
     """What ``model.pt`` records about how it was made (read by evaluation, inference and the registry)."""
     return {
@@ -125,7 +120,7 @@ def checkpoint_meta(params: Params, plan: PhasePlan, run: TrainingRun, data_hash
         "pretrain_steps": run.pretrain,
         "steps": run.total_steps,
         # the variant's own loss weights (train.variants.<v>.loss), used in its catch-up and own steps
-        "loss_overrides": _loss_overrides(params, plan),
+        "loss_overrides": loss_overrides(params, plan.variant),
         "degradation": run.degrade_on,  # online on the "host" or the "device", or "stored" LR arrays
         "compiled": run.compiled,
         "seed": params.seed,
@@ -195,7 +190,7 @@ class PhaseTracker:
         for k, v in plan.model_cfg.model_dump(mode="json").items():
             if study_model.get(k) != v:
                 own[f"model.{k}"] = v
-        own.update({f"loss.{k}": v for k, v in _loss_overrides(self.params, plan).items()})
+        own.update({f"loss.{k}": v for k, v in loss_overrides(self.params, plan.variant).items()})
         return own
 
     def __enter__(self) -> PhaseTracker:
