@@ -115,7 +115,7 @@ def test_by_zoom_units_and_log2_zoom_axis():
     rows = _rows()
     fig = figures.by_zoom_plot(_agg(rows), rows)
     labels = [ax.get_ylabel() for ax in fig.axes]
-    assert labels[0] == "PSNR-Y over the FOV (dB)" and "(0-1)" in labels[1]
+    assert labels[0] == "PSNR-Y over the retina (dB)" and "(0-1)" in labels[1]
     for ax in fig.axes:
         assert ax.get_xscale() == "log" and ax.get_xlabel() == "zoom factor"
         assert [t.get_text() for t in ax.get_xticklabels()] == ["x2", "x4"]

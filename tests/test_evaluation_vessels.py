@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -95,3 +97,24 @@ def test_calibre_recovery_finds_the_thinnest_recovered_bin():
     assert thinnest_recovered(calibre_recovery(true, true, cal)) == pytest.approx(1.0)
     assert thinnest_recovered(calibre_recovery(np.zeros_like(true), true, cal)) == float("inf")  # none recovered
     assert np.isnan(thinnest_recovered([]))
+
+
+def test_image_scores_exclude_the_fov_rim_like_the_vessel_scores():
+    """PSNR/SSIM are taken over the segmenter's region (the FOV less its rim), as Dice is: an output that
+    differs from HR only in the rim band scores like a perfect one, one that differs inside does not."""
+    from retina_sr.evaluation.runner import evaluate_outputs, make_reference
+
+    img, fov, _, _ = draw_phantom()
+    seg = VesselSegmenter()
+    ref = make_reference("p", "phantom", img, fov, None, None, seg)
+    rim = fov & ~ref.seg.region
+    assert rim.any() and ref.seg.region.any()
+    spoiled = img.copy()
+    spoiled[rim] = 255 - spoiled[rim]
+    scores, _ = evaluate_outputs(spoiled, ref, 2, seg)
+    assert math.isinf(scores["psnr_y"]) and math.isinf(scores["psnr_rgb"])
+    assert scores["ssim_y"] == pytest.approx(1.0) and scores["ssim_rgb"] == pytest.approx(1.0)
+    inside = img.copy()
+    inside[ref.seg.region] ^= 8
+    scores, _ = evaluate_outputs(inside, ref, 2, seg)
+    assert 20 < scores["psnr_y"] < 60

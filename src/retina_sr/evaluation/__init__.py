@@ -1,4 +1,4 @@
-"""Evaluation of the study: image quality (PSNR/SSIM in the FOV), vessel preservation (Dice, clDice,
+"""Evaluation of the study: image quality (PSNR/SSIM over the retina: the FOV less its rim), vessel preservation (Dice, clDice,
 thinnest recovered calibre), upsampling artifacts and speed, for every model, baseline and zoom.
 
 See ``docs/architecture.md`` ("Evaluation products") and :mod:`.metrics` for the conventions.

@@ -143,11 +143,11 @@ def vessel_overlay(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def _tile_scores(img: np.ndarray, ves: np.ndarray | None, panel: dict) -> dict[str, float]:
-    """PSNR-Y (over the FOV) and vessel Dice (over the segmenter's region) of one tile against HR,
+    """PSNR-Y and vessel Dice of one tile against HR, both over the segmenter's region (the retina),
     with the evaluation's own metric functions, so a tile says what the table says for this image."""
     from .metrics import dice, psnr
 
-    out = {"psnr_y": psnr(img, panel["hr"], panel.get("fov"), "y")}
+    out = {"psnr_y": psnr(img, panel["hr"], panel.get("region", panel.get("fov")), "y")}
     hr_ves = panel["vessels"].get("hr")
     if ves is not None and hr_ves is not None:
         out["vessel_dice"] = dice(ves, hr_ves, panel.get("region"))
@@ -212,7 +212,7 @@ def panel_plot(panel: dict, zoom: int, image_id: str, models: list[str]):
     axes[0, 0].set_ylabel("image")
     axes[1, 0].set_ylabel("vessel-rich inset")
     axes[2, 0].set_ylabel("vessels (white both, red extra,\ncyan missed vs HR)", fontsize=8)
-    fig.suptitle(f"{image_id} - zoom x{zoom} (tiles: this image's PSNR-Y over the FOV, vessel Dice vs HR)",
+    fig.suptitle(f"{image_id} - zoom x{zoom} (tiles: this image's PSNR-Y over the retina, vessel Dice vs HR)",
                  fontsize=10)
     fig.tight_layout()
     return fig
@@ -284,7 +284,7 @@ def quality_speed_figure(agg: pd.DataFrame, path: str | Path, rows: pd.DataFrame
 
 #: axis label (with unit or range) of each metric in the by-zoom figure
 METRIC_LABELS = {
-    "psnr_y": "PSNR-Y over the FOV (dB)", "psnr_rgb": "PSNR-RGB over the FOV (dB)",
+    "psnr_y": "PSNR-Y over the retina (dB)", "psnr_rgb": "PSNR-RGB over the retina (dB)",
     "ssim_y": "SSIM-Y (0-1)", "ssim_rgb": "SSIM-RGB (0-1)", "vessel_dice": "vessel Dice vs HR (0-1)",
     "vessel_cldice": "vessel clDice vs HR (0-1)", "manual_dice": "Dice vs manual vessels (0-1)",
     "manual_cldice": "clDice vs manual vessels (0-1)", "checkerboard": "checkerboard energy (HR = 1)",

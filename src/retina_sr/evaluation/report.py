@@ -40,13 +40,16 @@ HIGHER_IS_BETTER = {
 IDEAL_VALUE = {"checkerboard": 1.0}
 
 CONVENTIONS = """\
-- **PSNR** (dB, peak 255) over the field-of-view (FOV) pixels only, no border shave. `psnr_y`: BT.601
+- **Region**: every score is taken over the retina, the field of view (FOV) eroded by 2 % of the image
+  side (10 px at 512 px), so the aperture's edge (a step of ~190 grey levels, 0 outside) does not count:
+  with it in, its few rows outweighed the whole retina in the MSE.
+- **PSNR** (dB, peak 255) over that region, no border shave. `psnr_y`: BT.601
   luminance Y in [16, 235] (MATLAB `rgb2ycbcr`, unrounded) as in the super-resolution literature;
   `psnr_rgb`: MSE over the three RGB channels.
-- **SSIM** (Wang et al. 2004; Gaussian window sigma 1.5, K1 0.01, K2 0.03, L 255) averaged over the FOV
-  eroded by the 5-px window radius; `ssim_rgb` is the mean over R, G, B.
-- **Vessels**: fixed segmenter (green channel, CLAHE, multi-scale Sato dark-ridge filter, FOV eroded by
-  2 % of the side, Otsu threshold of the HR vesselness reused for every output of the image, small
+- **SSIM** (Wang et al. 2004; Gaussian window sigma 1.5, K1 0.01, K2 0.03, L 255) averaged over the
+  region eroded by the 5-px window radius; `ssim_rgb` is the mean over R, G, B.
+- **Vessels**: fixed segmenter (green channel, CLAHE, multi-scale Sato dark-ridge filter, in the region,
+  Otsu threshold of the HR vesselness reused for every output of the image, small
   components removed). `vessel_dice` / `vessel_cldice` (Shit et al. CVPR 2021): output vessels vs HR
   vessels. `manual_dice` / `manual_cldice`: vs the manual (or, for phantoms, exact) vessel mask, only
   where the source has one; the `hr` row is the segmenter on the HR image itself (the ceiling).
