@@ -68,7 +68,8 @@ def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, d
         f"seen in training or validation (split by patient). Degradation of the inputs: {test['degradation']}",
         "",
         "Difference = this model - reference on the same image (zoom 1: the degraded input, zoom > 1: bicubic, "
-        "OpenCV `INTER_CUBIC`); PSNR on Y inside the field of view; vessel Dice of the study's fixed segmenter "
+        "OpenCV `INTER_CUBIC`); PSNR on Y over the retina (the field of view less a rim of 2 % of the image side, "
+        "where the aperture's edge would dominate the error); vessel Dice, in the same region, of the study's fixed segmenter "
         "(Sato, Otsu threshold of the HR image) against the HR image's vessels. Intervals: 95 % percentile "
         "bootstrap over images; wins: images where the model is better.",
         "",
