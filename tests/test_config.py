@@ -51,6 +51,9 @@ def test_real_study_composes_and_is_valid():
     p = load_composed(["study=real"], CONF)
     assert p.study == "real" and p.data.source == "folder" and len(p.data.extra_folders) == 1
     assert p.train.l1.steps == 3000 and p.train.loop.val_every == 250
+    # a variant's own loss weights merge into the base variant (its architecture stays)
+    shared = p.train.variants["shared"]
+    assert shared.share_weights and shared.loss is not None and shared.loss.ridge_weight > p.train.modified.ridge_weight
 
 
 # ------------------------------------------------------------ one source: conf/, composed by Hydra
