@@ -113,15 +113,15 @@ def evaluate_outputs(
         seg = segmenter.segment(output, ref.fov, ref.seg.threshold).mask
         # every score on one region, the retina: the FOV eroded by the segmenter's margin (2 % of the side).
         # The aperture's edge is a step of ~190 grey levels; where PSNR counted it, its few rows weighed as
-        # much as the whole retina (docs/ablation.md, "The FOV rim")
+        # much as the whole retina (docs/ablation.md, "Read first")
         region = ref.seg.region
         m = {
             "psnr_y": psnr(output, ref.hr, region, "y"),
             "psnr_rgb": psnr(output, ref.hr, region, "rgb"),
             "ssim_y": ssim(output, ref.hr, region, "y"),
             "ssim_rgb": ssim(output, ref.hr, region, "rgb"),
-            "vessel_dice": dice(seg, ref.seg.mask, ref.seg.region),
-            "vessel_cldice": cldice(seg, ref.seg.mask, ref.seg.region),
+            "vessel_dice": dice(seg, ref.seg.mask, region),
+            "vessel_cldice": cldice(seg, ref.seg.mask, region),
             "manual_dice": nan,
             "manual_cldice": nan,
             "thinnest_calibre": nan,
