@@ -169,6 +169,59 @@ def test_psnr_known_value():
     assert psnr_pt(a, b).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
 
 
+def test_psnr_pt_y_and_mask_match_the_evaluations_psnr():
+    import numpy as np
+
+    from retina_sr.evaluation.metrics import psnr
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    mask = np.zeros((2, 16, 16), bool)
+    mask[0, 2:9, 3:12] = True
+    ta, tb = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 for x in (a, b))
+    got = psnr_pt(ta, tb, mask=torch.from_numpy(mask), channel="y")
+    assert float(got[0]) == pytest.approx(psnr(a[0], b[0], mask[0], channel="y"), abs=1e-3)
+    assert math.isnan(float(got[1]))  # an empty mask: no pixel to score
+    assert float(psnr_pt(ta, tb, channel="y")[1]) == pytest.approx(psnr(a[1], b[1], channel="y"), abs=1e-3)
+    with pytest.raises(ValueError, match="channel"):
+        psnr_pt(ta, tb, channel="lab")
+
+
+def test_validation_scores_the_retina_not_the_aperture_edge():
+    """An output wrong only along the aperture's edge validates as perfect; wrong inside, it does not
+    (the whole-patch PSNR the trainer used before ranked models by the edge)."""
+    import numpy as np
+
+    from retina_sr.training import PatchSet, retina_masks, validate
+
+    n, c = 2, 32
+    fov = np.zeros((n, c, c), bool)
+    fov[:, :, :20] = True  # the aperture's edge crosses each crop at column 20
+    hr = np.zeros((n, c, c, 3), np.uint8)
+    hr[fov] = 150
+    val = PatchSet(hr=hr, lr={1: hr.copy()}, path="val.npy", fov=fov)  # type: ignore[arg-type]
+    masks = retina_masks(val, side=100)  # radius 2 % of a 100-px image -> 3 px (the minimum)
+    assert masks is not None and masks[:, :, :17].all() and not masks[:, :, 17:].any()  # the crop's own edge stays
+
+    class Paint(nn.Module):  # identity at zoom 1, then one column band overwritten
+        def __init__(self, cols: slice) -> None:
+            super().__init__()
+            self.cols, self.w = cols, nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, n_up=0):
+            y = x.clone()
+            y[..., self.cols] = 1.0
+            return [y]
+
+    rim = validate(Paint(slice(18, 23)), val, [1], torch.device("cpu"), side=100)
+    inside = validate(Paint(slice(5, 7)), val, [1], torch.device("cpu"), side=100)
+    assert rim["x1"] > 90 and inside["x1"] < 30  # (psnr_pt's floor on a zero MSE: 10 log10(255^2 / 1e-10))
+    empty = PatchSet(hr=hr, lr={1: hr.copy()}, path="val.npy", fov=np.zeros_like(fov))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="val.npy: no validation patch keeps any retina"):
+        retina_masks(empty, side=100)
+
+
 def test_rng_capture_restore():
     import random
 

@@ -104,11 +104,33 @@ def psnr(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = No
     return float(10.0 * np.log10(255.0**2 / mse))
 
 
-def psnr_pt(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """:func:`psnr`'s batch form for training (torch, no mask): per-image PSNR in dB of float images in
-    [0, 1] (peak 1, MSE over all pixels and channels), shape ``(N,)``."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(1)
-    return 10.0 * (1.0 / mse.clamp_min(eps)).log10()
+def psnr_pt(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10, mask: torch.Tensor | None = None,
+            channel: str = "rgb") -> torch.Tensor:
+    """:func:`psnr`'s batch form for training (torch): per-image PSNR in dB of float (N, 3, H, W) images in
+    [0, 1], shape ``(N,)``. ``channel="rgb"``: peak 1, MSE over all channels; ``"y"``: :func:`rgb_to_y`'s
+    luminance with peak 255, the evaluation's ``psnr_y``. ``mask`` (N, H, W) bool: the MSE over its pixels
+    only (an image with an empty mask gets NaN)."""
+    import torch
+
+    d = pred.float() - target.float()
+    if channel == "y":
+        w = torch.tensor([65.481, 128.553, 24.966], dtype=d.dtype, device=d.device).view(1, 3, 1, 1)
+        d, peak = (d * w).sum(1, keepdim=True), 255.0
+    elif channel == "rgb":
+        peak = 1.0
+    else:
+        raise ValueError(f"channel must be 'y' or 'rgb', got {channel!r}")
+    sq = d.square()
+    if mask is None:
+        mse = sq.flatten(1).mean(1)
+    else:
+        if mask.shape != (d.shape[0], *d.shape[2:]):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the images' (N, H, W) "
+                             f"{(d.shape[0], *d.shape[2:])}")
+        m = mask[:, None].to(sq.dtype)
+        n = m.flatten(1).sum(1) * sq.shape[1]
+        mse = torch.where(n > 0, (sq * m).flatten(1).sum(1) / n.clamp_min(1), torch.full_like(n, float("nan")))
+    return 10.0 * (peak**2 / mse.clamp_min(eps)).log10()
 
 
 def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> np.ndarray:

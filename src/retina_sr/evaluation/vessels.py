@@ -40,14 +40,19 @@ BASE_SIDE = 512
 BASE_MIN_OBJECT = 30
 
 
-def eroded_fov(fov: np.ndarray, fraction: float = 0.02) -> np.ndarray:
-    """The FOV mask eroded by ``fraction`` of the image side (at least 3 px), to avoid the rim."""
+def eroded_fov(fov: np.ndarray, fraction: float = 0.02, side: int | None = None, crop: bool = False) -> np.ndarray:
+    """The FOV mask eroded by ``fraction`` of the image side (at least 3 px), to avoid the rim: the region
+    every evaluation score is taken over (the retina).
+
+    For a crop of a larger image (training and validation patches) pass the image's ``side`` (the radius
+    follows the image, not the crop) and ``crop=True``: beyond the crop's edge counts as inside the FOV,
+    so only the aperture's own edge erodes, not the crop's (an FOV edge just outside the crop is not seen)."""
     fov = np.asarray(fov, dtype=bool)
     if fov.ndim != 2:
         raise ValueError(f"FOV mask must be 2-D, got shape {fov.shape}")
-    r = max(3, int(round(fraction * max(fov.shape))))
+    r = max(3, int(round(fraction * (max(fov.shape) if side is None else side))))
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    return cv2.erode(fov.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return cv2.erode(fov.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=int(crop)) > 0
 
 
 @dataclass

@@ -13,5 +13,5 @@ __getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
     "objectives": ["LossSpec", "PhaseLosses", "loss_spec", "loss_overrides"],
     "trainer": ["PhasePlan", "TrainingRun", "TrainResult", "build_optimizer", "build_scheduler", "init_weights",
                 "plan_phase", "stage_fingerprint", "train_phase"],
-    "validation": ["val_grid", "validate"],
+    "validation": ["val_grid", "validate", "retina_masks"],
 })

@@ -57,7 +57,7 @@ from .distributed import DistContext
 from .ema import ModelEMA
 from .objectives import PhaseLosses, loss_spec
 from .state import capture_rng, fingerprint, load_state, restore_rng, save_state
-from .validation import autocast, validate
+from .validation import autocast, retina_masks, validate
 
 __all__ = ["PhasePlan", "TrainResult", "TrainingRun", "plan_phase", "train_phase", "init_weights",
            "build_optimizer", "build_scheduler", "stage_fingerprint"]
@@ -343,6 +343,7 @@ class TrainingRun:
         seed_everything(params.seed + self.dist.rank)  # per-rank RNG streams (rank 0: the single-process one)
         self.step = 0
         self.best_val = -math.inf
+        self._val_masks: tuple[PatchSet, np.ndarray | None] | None = None
         self.best_step = 0
         self.best_psnr: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -486,7 +487,10 @@ class TrainingRun:
             self._t0 = time.perf_counter()
             return metrics
         if step % t.val_every == 0 or last:
-            psnr = validate(self.eval_model, val, self.scales, self.device, t.batch_size, self.amp, self.channels_last)
+            if self._val_masks is None or self._val_masks[0] is not val:  # the retina of each patch, once
+                self._val_masks = (val, retina_masks(val, self.params.data.size))
+            psnr = validate(self.eval_model, val, self.scales, self.device, t.batch_size, self.amp, self.channels_last,
+                            masks=self._val_masks[1])
             self.last_psnr = psnr
             vrow = {f"val_psnr_{k}": v for k, v in psnr.items()}
             self.history[step].update(vrow)
