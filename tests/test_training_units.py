@@ -139,6 +139,27 @@ def test_a_variant_catches_up_as_l1_trains(tmp_path, variant):
     assert all("ridge" not in k and "perceptual" in k for k in keys[3:])  # the phase's own
 
 
+def test_a_variants_model_is_one_of_its_own_steps_not_of_its_catch_up(tmp_path, monkeypatch):
+    """The validation may peak during the catch-up (flat curves, a few validation images): the stage's model
+    must still have trained through its own phase (in the `real` study `shared` and `resblock` were picked at
+    step 2500 of 3050, before their own steps, while the best step ranged over the whole stage)."""
+    import retina_sr.training.trainer as tr
+
+    _, run = _variant_run(tmp_path, "resblock", l1={"steps": 3}, modified={"steps": 2},
+                          loop={"val_every": 1, "checkpoint_every": 1, "log_every": 1},
+                          variants={"resblock": {"block": "residual"}})
+    assert run.pretrain == 3 and run.total_steps == 5
+    falling = iter([40.0, 39.0, 38.0, 30.0, 29.0])  # the first catch-up step validates best
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: {"x1": (v := next(falling)), "mean": v})
+    from retina_sr.training.data import load_patches
+
+    val = load_patches(tmp_path / "data/patches/val.npy", [1, 2, 4])
+    for _ in range(5):
+        run.accumulate(run.train_step())
+        run.boundary(val, tmp_path / "last.pt", "fp", None, lambda _: None)
+    assert run.best_step == 4 and run.best_val == 30.0  # the first own step, not step 1
+
+
 def test_a_variants_loss_weights_apply_to_its_catch_up_and_own_steps_only(tmp_path):
     """train.variants.<v>.loss replaces the phases' ridge/periodic weights for that variant (catch-up on
     l1 and own steps), not for the main line or another variant; the checkpoint meta records them."""

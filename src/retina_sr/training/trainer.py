@@ -495,7 +495,9 @@ class TrainingRun:
             vrow = {f"val_psnr_{k}": v for k, v in psnr.items()}
             self.history[step].update(vrow)
             metrics = {**metrics, **vrow}
-            if psnr["mean"] > self.best_val:  # kept in memory and in last.pt; model.pt only at the end
+            # a variant's model is one of its own steps: a catch-up checkpoint never saw the phase's loss set
+            own = step > self.pretrain or last
+            if own and psnr["mean"] > self.best_val:  # kept in memory and in last.pt; model.pt only at the end
                 self.best_val, self.best_step, self.best_psnr = psnr["mean"], step, psnr
                 self.best_state = _cpu_state(self.eval_model)
             say(f"[train {self.plan.name}] step {step}: val PSNR " + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())
@@ -617,7 +619,8 @@ def train_phase(
 ) -> TrainResult:
     """Train one phase (and variant) and write ``models/<phase>/`` under ``root``.
 
-    Writes ``model.pt`` (best mean val PSNR; EMA weights when EMA is on), ``metrics.json`` and
+    Writes ``model.pt`` (best mean val PSNR among the stage's own steps, never a variant's catch-up; EMA
+    weights when EMA is on), ``metrics.json`` and
     ``plots.csv``, and the resume state ``models/.resume/<stage>/last.pt`` (:func:`paths.resume_file`);
     with ``track`` one MLflow run (:class:`.outputs.PhaseTracker`). A matching ``last.pt`` is resumed.
     ``on_step(step)`` is called after every completed step (progress hooks, tests).
