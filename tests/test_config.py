@@ -173,6 +173,9 @@ def test_wrong_type_is_named(raw):
         (("train", "variants"), {}, r"at least one variant"),
         (("data", "n_images"), 2, r"data\.n_images"),
         (("train", "adversarial", "discriminator", "n_layers"), 6, r"smaller than the discriminator's smallest input"),
+        (("train", "loop", "zoom_cycle"), [4, 4, 2], r"zoom_cycle \[4, 4, 2\] must use every zoom of data\.scales.*add \[1, 8\]"),
+        (("train", "loop", "zoom_cycle"), [1, 2, 4, 8, 16], r"remove \[16\]"),
+        (("train", "loop", "zoom_cycle"), [], r"zoom_cycle"),
     ],
 )
 def test_impossible_values(raw, path, value, match):

@@ -160,6 +160,27 @@ def test_a_variants_model_is_one_of_its_own_steps_not_of_its_catch_up(tmp_path, 
     assert run.best_step == 4 and run.best_val == 30.0  # the first own step, not step 1
 
 
+def test_the_zoom_cycle_sets_each_steps_zoom_and_the_per_zoom_loss_means(tmp_path):
+    from retina_sr.training.data import load_patches
+    from retina_sr.training.trainer import TrainingRun
+
+    make_patches(tmp_path)
+    params, _ = tiny_params(tmp_path, train={"loop": {"zoom_cycle": [4, 1, 4, 2]}, "l1": {"steps": 8}})
+    train = load_patches(tmp_path / "data/patches/train.npy", params.data.scales)
+    run = TrainingRun(params, plan_phase(params, "l1", root=tmp_path), torch.device("cpu"), train)
+    zooms = []
+    for _ in range(8):
+        terms = run.train_step()
+        zooms.append(next(int(k[6:]) for k in terms if k.startswith("loss_x")))
+        run.accumulate(terms)
+    assert zooms == [4, 1, 4, 2, 4, 1, 4, 2]
+    row = run.flush_log()
+    assert set(row) >= {"loss_x1", "loss_x2", "loss_x4"} and row["loss_x4"] > 0  # each the mean of its own steps
+    default, _ = tiny_params(tmp_path)
+    run0 = TrainingRun(default, plan_phase(default, "l1", root=tmp_path), torch.device("cpu"), train)
+    assert [run0.zoom_at(k) for k in range(6)] == list(default.data.scales) * 2  # null: data.scales, in turn
+
+
 def test_a_variants_loss_weights_apply_to_its_catch_up_and_own_steps_only(tmp_path):
     """train.variants.<v>.loss replaces the phases' ridge/periodic weights for that variant (catch-up on
     l1 and own steps), not for the main line or another variant; the checkpoint meta records them."""

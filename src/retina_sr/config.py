@@ -457,6 +457,12 @@ class LoopConfig(_Section):
         "long runs, the first steps compile)",
     )
     max_val_patches: int = Field(32, ge=1, description="validation patches used per zoom")
+    zoom_cycle: list[int] | None = Field(
+        None, min_length=1,
+        description="the zooms the training steps cycle through, in order (null = data.scales, each once); a zoom "
+        "listed twice trains twice as often. Every zoom of data.scales must appear: each trains its final level "
+        "with the ridge and periodic terms, which the pyramid's lower levels do not get",
+    )
 
 
 class TrainConfig(_Section):
@@ -531,6 +537,15 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _zoom_cycle_covers_scales(self) -> Params:
+        cyc, scales = self.train.loop.zoom_cycle, self.data.scales
+        if cyc is not None and (set(cyc) - set(scales) or set(scales) - set(cyc)):
+            raise ValueError(
+                f"train.loop.zoom_cycle {cyc} must use every zoom of data.scales {scales} and no other: "
+                f"add {sorted(set(scales) - set(cyc))}, remove {sorted(set(cyc) - set(scales))}")
+        return self
 
     @model_validator(mode="after")
     def _discriminator_fits_crop(self) -> Params:

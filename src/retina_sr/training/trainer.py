@@ -2,7 +2,8 @@
 
 Per step (Lai et al. 2017, LapSRN; the loss set of each phase is in :mod:`.objectives`):
 
-1. the zoom cycles deterministically through ``data.scales`` (``scales[step % len(scales)]``);
+1. the zoom cycles deterministically through ``train.loop.zoom_cycle`` (default ``data.scales``;
+   ``cycle[step % len(cycle)]``);
 2. a batch of ``train.loop.batch_size`` patches is drawn by the resumable :class:`~.data.BatchSampler`;
 3. the model sees ``lr_x{s}`` with ``n_up = log2(s)`` and returns every pyramid level;
 4. the generator loss is back-propagated, gradients clipped to ``train.loop.grad_clip`` (global norm),
@@ -278,6 +279,7 @@ class TrainingRun:
             raise ValueError(f"train.loop.batch_size {t.batch_size} is not divisible by {self.dist.world} processes "
                              "(train.loop.devices)")
         self.scales = list(params.data.scales)
+        self.cycle = list(t.zoom_cycle or self.scales)  # the zoom of step k: cycle[k % len(cycle)]
         self.levels = params.data.levels
         self.cuda = device.type == "cuda"
         self.amp = t.amp and self.cuda
@@ -387,10 +389,14 @@ class TrainingRun:
         fov = self._upload(fov_np) if fov_np is not None else None
         return to_tensor(lr_np, self.device, self.channels_last), to_tensor(hr_np, self.device, self.channels_last), fov
 
+    def zoom_at(self, step: int) -> int:
+        """The zoom training step ``step`` (0-based) uses."""
+        return self.cycle[step % len(self.cycle)]
+
     def train_step(self) -> dict[str, torch.Tensor]:
         """One generator (+ discriminator) update; returns the detached loss terms (no host sync)."""
         t = self.loop
-        zoom = self.scales[self.step % len(self.scales)]
+        zoom = self.zoom_at(self.step)
         shard = self.dist.shard(t.batch_size)
         idx = self.sampler.next()[shard]  # every rank draws the global batch and keeps its slice
         lr, hr, fov = self._batch(idx, zoom, shard.start)
@@ -453,8 +459,8 @@ class TrainingRun:
             sums = torch.stack([self.acc[k] for k in keys])
             torch.distributed.all_reduce(sums)
             self.acc = dict(zip(keys, (sums / self.dist.world).unbind(0), strict=True))
-        first = self.step - self.acc_n  # the window's steps; the zoom of a step is scales[step % len(scales)]
-        n_at = {f"loss_x{s}": sum(self.scales[st % len(self.scales)] == s for st in range(first, self.step))
+        first = self.step - self.acc_n  # the window's steps
+        n_at = {f"loss_x{s}": sum(self.zoom_at(st) == s for st in range(first, self.step))
                 for s in self.scales}
         row = {k: float(v) / max(1, n_at.get(k, self.acc_n)) for k, v in self.acc.items()}
         row["lr"] = float(self.opt_g.param_groups[0]["lr"])
