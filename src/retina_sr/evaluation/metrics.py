@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "rgb_to_y",
+    "Y_WEIGHTS",
     "psnr",
     "psnr_pt",
     "ssim",
@@ -50,6 +51,10 @@ SSIM_TRUNCATE = 3.5
 _SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5 -> an 11x11 window, as scipy.ndimage does
 
 
+#: BT.601 weights of R, G, B (in [0, 1]) in the luminance Y on the [16, 235] scale (MATLAB ``rgb2ycbcr``)
+Y_WEIGHTS = (65.481, 128.553, 24.966)
+
+
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """BT.601 luminance on the [16, 235] scale (MATLAB ``rgb2ycbcr``), float64 (H, W).
 
@@ -57,7 +62,7 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """
     img = _check_rgb(img, "img")
     x = img.astype(np.float64) / 255.0
-    return 16.0 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]
+    return 16.0 + Y_WEIGHTS[0] * x[..., 0] + Y_WEIGHTS[1] * x[..., 1] + Y_WEIGHTS[2] * x[..., 2]
 
 
 def _check_rgb(img: np.ndarray, name: str) -> np.ndarray:
@@ -114,7 +119,7 @@ def psnr_pt(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10, mask: 
 
     d = pred.float() - target.float()
     if channel == "y":
-        w = torch.tensor([65.481, 128.553, 24.966], dtype=d.dtype, device=d.device).view(1, 3, 1, 1)
+        w = torch.tensor(Y_WEIGHTS, dtype=d.dtype, device=d.device).view(1, 3, 1, 1)
         d, peak = (d * w).sum(1, keepdim=True), 255.0
     elif channel == "rgb":
         peak = 1.0

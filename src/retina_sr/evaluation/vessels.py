@@ -29,6 +29,7 @@ __all__ = [
     "VesselSegmenter",
     "VesselResult",
     "eroded_fov",
+    "FOV_EROSION",
     "calibre_recovery",
     "thinnest_recovered",
 ]
@@ -40,7 +41,11 @@ BASE_SIDE = 512
 BASE_MIN_OBJECT = 30
 
 
-def eroded_fov(fov: np.ndarray, fraction: float = 0.02, side: int | None = None, crop: bool = False) -> np.ndarray:
+#: the FOV's rim left out of every score (and of the training validation): this share of the image side
+FOV_EROSION = 0.02
+
+
+def eroded_fov(fov: np.ndarray, fraction: float = FOV_EROSION, side: int | None = None, crop: bool = False) -> np.ndarray:
     """The FOV mask eroded by ``fraction`` of the image side (at least 3 px), to avoid the rim: the region
     every evaluation score is taken over (the retina).
 
@@ -76,7 +81,7 @@ class VesselSegmenter:
     sigmas: tuple[float, ...] | None = None
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
-    fov_erosion: float = 0.02
+    fov_erosion: float = FOV_EROSION
     min_object: int | None = None
 
     def _sigmas(self, side: int) -> tuple[float, ...]:
