@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_variants import every_variant
+from model_variants import every_arch
 from retina_sr.config import ModelConfig
 from retina_sr.inference import Enhancer, receptive_radius
 from retina_sr.inference.buckets import bucket_size, crop_window, plan_window
@@ -160,7 +160,7 @@ def _measured_radius(model, n_up, size=40):
     return max((ys.float() - centre).abs().max().item(), (xs.float() - centre).abs().max().item())
 
 
-@every_variant
+@every_arch
 def test_receptive_radius_bounds_the_measured_support(kw):
     torch.manual_seed(0)
     m = build_model(ModelConfig(features=4, depth=2, **kw), levels=3)

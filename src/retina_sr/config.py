@@ -316,8 +316,16 @@ class DataConfig(_Section):
 
 # -------------------------------------------------------------------------------------------- model
 class ModelConfig(_Section):
-    """LapSRN (Lai et al. 2017) and its network modifications (MS-LapSRN sharing, blocks, upsamplers)."""
+    """LapSRN (Lai et al. 2017) and its network modifications (MS-LapSRN sharing, blocks, upsamplers), or
+    the ``lrhead`` (every conv at the input resolution, sub-pixel output per zoom: the fast CPU model)."""
 
+    arch: Literal["lapsrn", "lrhead"] = Field(
+        "lapsrn",
+        description="'lapsrn': the Laplacian pyramid (feature convs at every level's resolution); 'lrhead': one "
+        "trunk at the input resolution and a sub-pixel conv per zoom on the same bicubic image branch (Shi et al. "
+        "2016's ESPCN layout; ~4x fewer operations at x4, models/lrhead.py). upsample and share_weights are "
+        "LapSRN's; block, recursions, features and depth shape the lrhead's trunk",
+    )
     features: int = Field(16, ge=1, description="F: channels of the feature-extraction branch")
     depth: int = Field(3, ge=1, description="D: conv layers per pyramid level (or per recursive block)")
     recursions: int = Field(1, ge=1, description="R: recursive applications of the level's block (MS-LapSRN)")
@@ -333,6 +341,17 @@ class ModelConfig(_Section):
         "convs start at zero, so an untrained model equals cascaded bicubic) or 'learned' (the paper's "
         "upsampler of model.upsample, bilinear at init)",
     )
+
+    @model_validator(mode="after")
+    def _arch(self) -> ModelConfig:
+        if self.arch == "lrhead":
+            if self.share_weights:
+                raise ValueError("model.share_weights is LapSRN's (one set of level weights); the lrhead has one "
+                                 "trunk for every zoom already: set share_weights: false or arch: lapsrn")
+            if self.image_branch != "bicubic":
+                raise ValueError("the lrhead adds its residuals to the bicubic image branch: set "
+                                 "image_branch: bicubic or arch: lapsrn")
+        return self
 
 
 class DiscriminatorConfig(_Section):
@@ -406,6 +425,7 @@ class VariantConfig(_Section):
     """Architecture overrides for one network-modification variant (and, in ``loss``, the loss weights
     it trains with where they differ from the phases')."""
 
+    arch: Literal["lapsrn", "lrhead"] | None = None
     share_weights: bool | None = None
     recursions: int | None = Field(None, ge=1)
     block: Literal["plain", "residual"] | None = None

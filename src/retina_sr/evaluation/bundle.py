@@ -20,6 +20,7 @@ import pandas as pd
 from ..config import Params
 from ..models.bundled import WEIGHTS_DIR
 from ..models.checkpoint import read_checkpoint
+from ..models.lapsrn import describe_model
 from ..runtime import file_sha256
 
 __all__ = ["bundle_model", "model_card"]
@@ -41,9 +42,7 @@ def _metric_table(cmp: pd.DataFrame, name: str) -> list[str]:
 def model_card(name: str, meta: dict, sha: str, cmp: pd.DataFrame, test: dict, data_note: str,
                train_note: str, limits_note: str = "") -> str:
     m = meta["model"]
-    arch = (f"LapSRN (Lai et al. 2017), F={m['features']}, D={m['depth']}, R={m.get('recursions', 1)}, "
-            f"upsample={m['upsample']}, image branch={m.get('image_branch', 'learned')}, levels={meta['levels']} "
-            f"(zooms 1 to {2 ** int(meta['levels'])})")
+    arch = describe_model(m, int(meta["levels"]))
     src = ", ".join(f"{k} ({v})" for k, v in test["sources"].items())
     return "\n".join([
         f"# Model card: `{name}`",
@@ -117,7 +116,7 @@ def bundle_model(params: Params, model: str | Path, name: str, root: str | Path 
     reg_path = weights_dir / "registry.json"
     reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {"models": []}
     entry = {"name": name, "file": dst.name, "sha256": sha, "card": card.name, "default": default,
-             "summary": f"LapSRN F{meta['model']['features']}D{meta['model']['depth']}, zooms 1-{2 ** int(meta['levels'])}, "
+             "summary": f"{'LR head' if meta['model'].get('arch') == 'lrhead' else 'LapSRN'} F{meta['model']['features']}D{meta['model']['depth']}, zooms 1-{2 ** int(meta['levels'])}, "
                         f"phase {meta.get('phase')}, trained on real fundus photographs"}
     rows = [r for r in reg["models"] if r["name"] != name]
     if default:

@@ -39,14 +39,14 @@ import cv2
 import numpy as np
 import torch
 
-from ..config import parse_arch  # re-exported for `retina-sr bench` (commands.py)
+from ..config import parse_arch
 from ..runtime import time_call
 
 if TYPE_CHECKING:
     from .enhancer import Enhancer
     from .onnx import OnnxEnhancer
 
-__all__ = ["BenchRow", "ESPCN", "parse_sizes", "parse_arch", "find_models", "run_bench", "format_table"]
+__all__ = ["BenchRow", "ESPCN", "parse_sizes", "parse_bench_arch", "find_models", "run_bench", "format_table"]
 
 
 @dataclass
@@ -195,7 +195,20 @@ def _peers(case: _Case, peers_dir: str | Path | None, log: Callable[[str], None]
             for (name, s), peer in sorted(found.items())]
 
 
-def _entries(models: Sequence[str | Path], archs: Sequence[tuple[int, int]]) -> list[tuple[str, torch.nn.Module, dict]]:
+def parse_bench_arch(text: str) -> tuple[str, int, int]:
+    """``"F16D3"`` -> ``("lapsrn", 16, 3)``, ``"lrhead:F16D3"`` -> ``("lrhead", 16, 3)``: a ``model.arch`` and size.
+
+    >>> parse_bench_arch("lrhead:F32D3")
+    ('lrhead', 32, 3)
+    """
+    kind, _, size = text.strip().rpartition(":")
+    kind = kind.strip().lower() or "lapsrn"
+    if kind not in ("lapsrn", "lrhead"):
+        raise ValueError(f"architecture {text!r}: {kind!r} is not a model.arch; use lapsrn:F16D3 or lrhead:F16D3")
+    return (kind, *parse_arch(size))
+
+
+def _entries(models: Sequence[str | Path], archs: Sequence[tuple[str, int, int]]) -> list[tuple[str, torch.nn.Module, dict]]:
     """(label, model, meta) for checkpoints and random-weight architectures."""
     from ..config import ModelConfig
     from ..models import build_model
@@ -206,11 +219,13 @@ def _entries(models: Sequence[str | Path], archs: Sequence[tuple[int, int]]) -> 
     for p in models:
         model, meta = load_model(resolve_checkpoint(p), device="cpu")  # a path, bundled name or MLflow URI
         cfg = meta["model"]
-        entries.append((f"{p} (F{cfg['features']} D{cfg['depth']})", model, meta))
-    for f, d in archs:
-        cfg = ModelConfig(features=f, depth=d)
+        kind = "LR head " if cfg.get("arch") == "lrhead" else ""
+        entries.append((f"{p} ({kind}F{cfg['features']} D{cfg['depth']})", model, meta))
+    for kind, f, d in archs:
+        cfg = ModelConfig(arch=kind, features=f, depth=d)  # parse_bench_arch checked the arch
         torch.manual_seed(0)
-        entries.append((f"LapSRN F{f} D{d} (random weights)", build_model(cfg, levels=3),
+        name = "LR head" if kind == "lrhead" else "LapSRN"
+        entries.append((f"{name} F{f} D{d} (random weights)", build_model(cfg, levels=3),
                         {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "bench"}))
     return entries
 
@@ -291,7 +306,7 @@ def run_bench(
     zooms: list[float],
     repeats: int = 3,
     device: str = "auto",
-    archs: Sequence[tuple[int, int]] = (),
+    archs: Sequence[tuple[str, int, int]] = (),
     fast: bool = True,
     baselines: bool = True,
     log: Callable[[str], None] = print,

@@ -213,7 +213,7 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from ..runtime import set_threads
     from .base import resolve_device
-    from .bench import find_models, format_table, parse_arch, parse_sizes, run_bench
+    from .bench import find_models, format_table, parse_bench_arch, parse_sizes, run_bench
 
     _check_device(args.device)
     set_threads(args.threads)
@@ -221,7 +221,7 @@ def _bench(args: argparse.Namespace) -> int:
     models = list(args.model or [])
     if not models and not args.arch:
         models = [str(p) for p in find_models(args.models_dir)]
-    archs = [parse_arch(a) for a in (args.arch or [])]
+    archs = [parse_bench_arch(a) for a in (args.arch or [])]
     cuda = dev.type == "cuda"
     sizes = parse_sizes(args.sizes or ("1920x1080,3840x2160" if cuda else "1920x1080"))
     zooms = [float(z) for z in (args.zooms or ("2,4,8" if cuda else "4")).split(",") if z.strip()]
@@ -314,7 +314,8 @@ def register(sub) -> None:
     b.add_argument("--model", action="append", default=None, help="checkpoint(s) (default: every model.pt under --models-dir)")
     b.add_argument("--models-dir", default="models")
     b.add_argument("--arch", action="append", default=None,
-                   help="also time a random-weight LapSRN architecture, e.g. F16D3 or F64D10 (speed only)")
+                   help="also time a random-weight architecture, e.g. F16D3 or F64D10 (LapSRN), lrhead:F16D3 (the LR head; "
+                        "speed only)")
     b.add_argument("--sizes", default=None, help="output sizes WxH,... (default: 1920x1080,3840x2160 on CUDA, 1920x1080 on CPU)")
     b.add_argument("--zooms", default=None, help="zooms, e.g. 2,4,8 (default: 2,4,8 on CUDA, 4 on CPU)")
     b.add_argument("--repeats", type=int, default=None, help="timed runs per entry (default: 20 on CUDA, 3 on CPU)")

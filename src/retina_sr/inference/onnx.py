@@ -198,6 +198,7 @@ def export_onnx(
     reference = LevelOutput(model, n_up).eval()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fuse = fuse and getattr(getattr(model, "cfg", None), "arch", "lapsrn") == "lapsrn"  # the lrhead has no 2x upsamplers to fuse
     graphs: list[tuple[str, torch.nn.Module]] = [("phase", PhaseLapSRN(model, n_up).eval())] if fuse else []
     graphs.append(("plain", reference))
     graph_error = None

@@ -1,4 +1,4 @@
-"""The receptive field of a LapSRN, computed from its architecture (kernel sizes, depth, levels).
+"""The receptive field of a LapSRN (or an LR head), computed from its architecture (kernel sizes, depth, levels).
 
 The radius ``r`` (input pixels) is how far from an output pixel's position an input pixel can still
 change it. Inference needs it in two places: a region of interest is enhanced with ``r`` pixels of
@@ -66,6 +66,8 @@ def receptive_radius(model: nn.Module, n_up: int | None = None) -> int:
     >>> receptive_radius(build_model(ModelConfig(features=64, depth=10), levels=3))
     21
     """
+    if getattr(getattr(model, "cfg", None), "arch", "lapsrn") == "lrhead":
+        return _lrhead_radius(model, n_up)
     model = cast("LapSRN", model)  # the attributes above; nn.Module's own __getattr__ types them loosely
     n = model.levels if n_up is None else int(n_up)
     shared = bool(model.cfg.share_weights)
@@ -82,6 +84,19 @@ def receptive_radius(model: nn.Module, n_up: int | None = None) -> int:
         r_y = max(r_y + _up_radius(model.up_img[i]) / coarse, r_h + _conv_radius(model.res[i]) / (2 * coarse))
         if k < n:
             r_g = r_h + _embed_radius(model.embed[idx(k)]) / (2 * coarse)
+    return math.ceil(r_y - 1e-9)
+
+
+def _lrhead_radius(model: nn.Module, n_up: int | None) -> int:
+    """:class:`~retina_sr.models.lrhead.LRHead`: the trunk and every residual conv at the input resolution,
+    the shuffled pixels up to half an input pixel from their source, the bicubic cascade as LapSRN's."""
+    m = cast(Any, model)
+    n = m.levels if n_up is None else int(n_up)
+    r_g = _conv_radius(m.head) + _embed_radius(m.embed[0])
+    r_y = r_g + _conv_radius(m.res0)
+    for k in range(1, n + 1):
+        coarse = 2.0 ** (k - 1)
+        r_y = max(r_y + _up_radius(m.up_img[k - 1]) / coarse, r_g + _conv_radius(m.res[k - 1]) + 0.5)
     return math.ceil(r_y - 1e-9)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "BicubicUp2x",
     "icnr_",
     "init_conv_",
+    "image_step",
 ]
 
 UpsampleKind = Literal["deconv", "resize_conv", "subpixel"]
@@ -233,3 +234,12 @@ class Upsample2x(nn.Module):
             kwargs = {"align_corners": False} if mode == "bilinear" else {}
             x = F.interpolate(x, scale_factor=2.0, mode=mode, **kwargs)
         return self.act(self.op(x))
+
+
+def image_step(up: nn.Module | None, y: Tensor, residual: Tensor) -> Tensor:
+    """The image branch ``Up_i(y) + R`` (or ``y + R`` at level 0) in fp32, also under bf16/fp16
+    autocast: bf16 resolves ~1/256 on [0.5, 1), as coarse as one 8-bit grey level, so only the
+    residual convs (features) run in reduced precision and the image is never rounded to it."""
+    with torch.autocast(y.device.type, enabled=False):
+        y = y.float()
+        return (up(y) if up is not None else y) + residual.float()

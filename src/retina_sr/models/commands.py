@@ -28,7 +28,7 @@ def _models(args: argparse.Namespace) -> int:
             try:
                 meta = read_checkpoint(p)["meta"]
                 m = meta["model"]
-                desc = (f"F{m['features']}D{m['depth']}, zooms 1-{2 ** int(meta['levels'])}, phase {meta.get('phase')}"
+                desc = (f"{'LR head ' if m.get('arch') == 'lrhead' else ''}F{m['features']}D{m['depth']}, zooms 1-{2 ** int(meta['levels'])}, phase {meta.get('phase')}"
                         + (f", val PSNR {meta['val_psnr']:.2f} dB" if meta.get("val_psnr") is not None else ""))
             except CheckpointError as err:
                 desc = f"unreadable: {err}"

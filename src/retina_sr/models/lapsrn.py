@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, VariantConfig
-from .blocks import BicubicUp2x, EmbeddingBlock, Upsample2x, conv3x3, init_conv_
+from .blocks import BicubicUp2x, EmbeddingBlock, Upsample2x, conv3x3, image_step, init_conv_
 
-__all__ = ["LapSRN", "build_model", "apply_variant"]
+__all__ = ["LapSRN", "build_model", "apply_variant", "describe_model"]
 
 
 class LapSRN(nn.Module):
@@ -94,12 +94,12 @@ class LapSRN(nn.Module):
         if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):
             raise ValueError(f"LapSRN expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
         g = self.embed[0](self.act(self.head(x)))
-        y = _image_step(None, x, self.res0(g))
+        y = image_step(None, x, self.res0(g))
         outs = [y]
         for k in range(1, n + 1):
             i = self._idx(k - 1)
             h = self.up_feat[i](g)
-            y = _image_step(self.up_img[i], y, self.res[i](h))
+            y = image_step(self.up_img[i], y, self.res[i](h))
             outs.append(y)
             if k < n:
                 g = self.embed[self._idx(k)](h)
@@ -112,20 +112,27 @@ class LapSRN(nn.Module):
                 f"image_branch={c.image_branch}")
 
 
-def _image_step(up: nn.Module | None, y: Tensor, residual: Tensor) -> Tensor:
-    """The image branch ``Up_i(y) + R`` (or ``y + R`` at level 0) in fp32, also under bf16/fp16
-    autocast: bf16 resolves ~1/256 on [0.5, 1), as coarse as one 8-bit grey level, so only the
-    residual convs (features) run in reduced precision and the image is never rounded to it."""
-    with torch.autocast(y.device.type, enabled=False):
-        y = y.float()
-        return (up(y) if up is not None else y) + residual.float()
-
-
-def build_model(cfg: ModelConfig, levels: int) -> LapSRN:
-    """Build the LapSRN described by ``cfg`` with ``levels`` 2x levels (``DataConfig.levels``)."""
+def build_model(cfg: ModelConfig, levels: int) -> nn.Module:
+    """Build the model described by ``cfg`` (``model.arch``: :class:`LapSRN` or
+    :class:`~retina_sr.models.lrhead.LRHead`, one interface) with ``levels`` 2x levels (``DataConfig.levels``)."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model needs a ModelConfig, got {type(cfg).__name__}")
+    if cfg.arch == "lrhead":
+        from .lrhead import LRHead
+
+        return LRHead(cfg, int(levels))
     return LapSRN(cfg, int(levels))
+
+
+def describe_model(m: dict, levels: int | None = None) -> str:
+    """One line naming the architecture of a checkpoint's ``meta["model"]`` (a ``ModelConfig`` dump) for
+    model cards and listings: ``"LapSRN (Lai et al. 2017), F=16, D=3, ..."`` or ``"LR head (...)"``."""
+    size = f"F={m['features']}, D={m['depth']}, R={m.get('recursions', 1)}, block={m.get('block', 'plain')}"
+    zooms = "" if levels is None else f", levels={levels} (zooms 1 to {2 ** int(levels)})"
+    if m.get("arch", "lapsrn") == "lrhead":
+        return f"LR head (trunk at the input resolution, sub-pixel residual per zoom, bicubic image branch), {size}{zooms}"
+    return (f"LapSRN (Lai et al. 2017), {size}, upsample={m['upsample']}, "
+            f"image branch={m.get('image_branch', 'learned')}{zooms}")
 
 
 def apply_variant(model_cfg: ModelConfig, variant_cfg: VariantConfig) -> ModelConfig:

@@ -1,0 +1,137 @@
+"""The LR head (``model.arch: lrhead``): LapSRN's interface with every conv at the input resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+
+from retina_sr.config import ModelConfig, VariantConfig
+from retina_sr.inference import ONNX_PARITY_ATOL, Enhancer, OnnxEnhancer, export_onnx, receptive_radius
+from retina_sr.inference.bench import parse_bench_arch
+from retina_sr.models import LapSRN, LRHead, apply_variant, build_model, describe_model
+from retina_sr.models.checkpoint import load_model, save_model
+
+
+def _cfg(**kw) -> ModelConfig:
+    return ModelConfig(arch="lrhead", features=4, depth=2, **kw)
+
+
+def _randomised(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for p in model.parameters():  # the residual convs start at zero: give every weight a value
+        torch.nn.init.normal_(p, std=std)
+    return model
+
+
+@pytest.mark.parametrize("block", ["plain", "residual"])
+@pytest.mark.parametrize("recursions", [1, 2])
+def test_shapes_every_zoom_and_gradients(block, recursions):
+    model = _randomised(build_model(_cfg(block=block, recursions=recursions), levels=3))
+    assert isinstance(model, LRHead) and model.levels == 3 and model.max_zoom == 8
+    x = torch.rand(2, 3, 9, 13)
+    for n_up in range(4):
+        outs = model(x, n_up=n_up)
+        assert [tuple(o.shape) for o in outs] == [(2, 3, 9 * 2**k, 13 * 2**k) for k in range(n_up + 1)]
+    sum(o.mean() for o in model(x)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_untrained_model_is_the_cascaded_bicubic_baseline():
+    model = build_model(_cfg(), levels=2)
+    x = torch.rand(1, 3, 16, 20)
+    outs = model(x)
+    assert torch.equal(outs[0], x)
+    ref = F.interpolate(F.interpolate(x, scale_factor=2.0, mode="bicubic"), scale_factor=2.0, mode="bicubic")
+    assert torch.allclose(outs[2], ref, atol=1e-6)
+
+
+def test_every_conv_runs_at_the_input_resolution():
+    """The point of the architecture: no feature map larger than the input (LapSRN's level k runs at 2**k)."""
+    seen: dict[str, list[tuple[int, int]]] = {"lrhead": [], "lapsrn": []}
+    for arch in seen:
+        model = build_model(ModelConfig(arch=arch, features=4, depth=2), levels=2)
+        hooks = [m.register_forward_hook(lambda m, i, o, a=arch: seen[a].append(tuple(i[0].shape[-2:])))
+                 for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        model(torch.rand(1, 3, 8, 10))
+        for h in hooks:
+            h.remove()
+    assert set(seen["lrhead"]) == {(8, 10)}
+    assert (32, 40) in set(seen["lapsrn"]) or (16, 20) in set(seen["lapsrn"])
+
+
+def test_each_zoom_has_its_own_sub_pixel_conv():
+    model = build_model(_cfg(), levels=3)
+    assert [c.out_channels for c in model.res] == [12, 48, 192]
+    _randomised(model)
+    x = torch.rand(1, 3, 8, 8)
+    before = model(x, n_up=1)[-1].detach().clone()
+    with torch.no_grad():
+        model.res[1].weight.add_(1.0)  # the x4 head changes the x4 output, not the x2 one
+    assert torch.equal(model(x, n_up=1)[-1], before)
+    assert not torch.allclose(model(x, n_up=2)[-1], _randomised(build_model(_cfg(), levels=3))(x, n_up=2)[-1])
+
+
+def test_bad_configs_and_inputs_are_clear_errors():
+    with pytest.raises(ValidationError, match="share_weights"):
+        ModelConfig(arch="lrhead", share_weights=True)
+    with pytest.raises(ValidationError, match="image_branch"):
+        ModelConfig(arch="lrhead", image_branch="learned")
+    model = build_model(_cfg(), levels=2)
+    with pytest.raises(ValueError, match="largest zoom is x4"):
+        model(torch.rand(1, 3, 8, 8), n_up=3)
+    with pytest.raises(ValueError, match="RGB"):
+        model(torch.rand(1, 1, 8, 8))
+
+
+def test_variant_changes_the_arch_and_loads_the_shared_parts():
+    base = ModelConfig(features=4, depth=2)
+    cfg = apply_variant(base, VariantConfig(arch="lrhead"))
+    assert cfg.arch == "lrhead" and cfg.features == 4
+    lap, head = build_model(base, levels=3), build_model(cfg, levels=3)
+    assert isinstance(lap, LapSRN) and isinstance(head, LRHead)
+    own, theirs = head.state_dict(), lap.state_dict()
+    same = {k for k in own if k in theirs and own[k].shape == theirs[k].shape}
+    assert {"head.weight", "res0.weight"} <= same and any(k.startswith("embed.0.") for k in same)
+
+
+def test_checkpoint_round_trip_and_description(tmp_path):
+    cfg = _cfg()
+    model = _randomised(build_model(cfg, levels=3))
+    meta = {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "l1"}
+    save_model(tmp_path / "m.pt", model, meta)
+    loaded, meta2 = load_model(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 8, 8)
+    assert isinstance(loaded, LRHead) and torch.equal(loaded(x)[-1], model(x)[-1])
+    assert describe_model(meta2["model"], 3).startswith("LR head") and "zooms 1 to 8" in describe_model(meta2["model"], 3)
+    assert describe_model(ModelConfig().model_dump()).startswith("LapSRN")
+
+
+def test_receptive_radius_and_tiling_reproduce_the_whole_image():
+    model = _randomised(build_model(_cfg(), levels=3))
+    # level 0: head 1 + trunk 2 + res0 1 = 4; the bicubic cascade adds 2 input px at x2 and 1 more at x4
+    assert receptive_radius(model, 2) == 7
+    enh = Enhancer(model, {"model": _cfg().model_dump(), "levels": 3}, device="cpu")
+    img = np.random.default_rng(0).random((130, 150, 3), dtype=np.float32)
+    whole = enh.enhance(img, 4)
+    assert np.abs(enh.enhance(img, 4, tile=60) - whole).max() < 1e-5  # default overlap 4 r = 28
+
+
+def test_onnx_export_is_the_plain_graph_with_parity(tmp_path):
+    cfg = _cfg()
+    model = _randomised(build_model(cfg, levels=3), std=0.1)
+    meta = {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "l1"}
+    info = export_onnx(model, tmp_path / "m.onnx", 4, meta=meta)
+    assert info.graph == "plain" and info.graph_error is None and info.parity_max_abs <= ONNX_PARITY_ATOL
+    img = np.random.default_rng(1).random((23, 31, 3), dtype=np.float32)
+    eager = Enhancer(model, meta, device="cpu").enhance(img, 4)
+    assert np.abs(OnnxEnhancer(info.path, threads=1).enhance(img, 4) - eager).max() < ONNX_PARITY_ATOL
+
+
+def test_bench_arch_names():
+    assert parse_bench_arch("F16D3") == ("lapsrn", 16, 3)
+    assert parse_bench_arch("lrhead:F32D3") == ("lrhead", 32, 3)
+    with pytest.raises(ValueError, match="not a model.arch"):
+        parse_bench_arch("espcn:F16D3")
