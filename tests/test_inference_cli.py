@@ -273,9 +273,19 @@ def fake_cuda_bench(monkeypatch):
     monkeypatch.setattr(runtime, "device_name", lambda d: "fake GPU")
 
     def run(**kw):
-        return bench.run_bench([], [(32, 32)], [2.0], repeats=2, device="cuda", archs=[(4, 1)], baselines=False,
+        return bench.run_bench([], [(32, 32)], [2.0], repeats=2, device="cuda", archs=[("lapsrn", 4, 1)], baselines=False,
                                log=lambda s: None, **kw)
     return run
+
+
+def test_bench_cli_times_an_lrhead_architecture_under_its_own_name(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "64x48", "--zooms", "4", "--repeats", "1", "--device", "cpu", "--no-baselines",
+                 "--json", str(out), "--threads", "1", "--arch", "lrhead:F4D1"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["method"], r["backend"].split()[0]) for r in rows} == {("lrhead", "cpu"), ("lrhead", "onnxruntime")}
+    assert all(r["model"] == "LR head F4 D1 (random weights)" for r in rows)
+    assert "phase graph" in next(r["backend"] for r in rows if r["backend"].startswith("onnxruntime"))
 
 
 def test_bench_cuda_fast_path_is_warmed_up_and_counts_compiles(fake_cuda_bench, monkeypatch):

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from retina_sr.config import ModelConfig, VariantConfig
 from retina_sr.inference import ONNX_PARITY_ATOL, Enhancer, OnnxEnhancer, export_onnx, receptive_radius
 from retina_sr.inference.bench import parse_bench_arch
-from retina_sr.models import LapSRN, LRHead, apply_variant, build_model, describe_model
+from retina_sr.models import HoldFilter, LapSRN, LRHead, apply_variant, build_model, describe_model
 from retina_sr.models.checkpoint import load_model, save_model
 
 
@@ -48,13 +48,14 @@ def test_untrained_model_is_the_cascaded_bicubic_baseline():
     assert torch.allclose(outs[2], ref, atol=1e-6)
 
 
-def test_every_conv_runs_at_the_input_resolution():
-    """The point of the architecture: no feature map larger than the input (LapSRN's level k runs at 2**k)."""
+def test_every_feature_conv_runs_at_the_input_resolution():
+    """The point of the architecture: no feature map larger than the input (LapSRN's level k runs at 2**k);
+    only the 3 -> 3 refinements C_k of the image branch run at their level's resolution."""
     seen: dict[str, list[tuple[int, int]]] = {"lrhead": [], "lapsrn": []}
     for arch in seen:
         model = build_model(ModelConfig(arch=arch, features=4, depth=2), levels=2)
         hooks = [m.register_forward_hook(lambda m, i, o, a=arch: seen[a].append(tuple(i[0].shape[-2:])))
-                 for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+                 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3]
         model(torch.rand(1, 3, 8, 10))
         for h in hooks:
             h.remove()
@@ -65,6 +66,7 @@ def test_every_conv_runs_at_the_input_resolution():
 def test_each_zoom_has_its_own_sub_pixel_conv():
     model = build_model(_cfg(), levels=3)
     assert [c.out_channels for c in model.res] == [12, 48, 192]
+    assert [(c.in_channels, c.out_channels) for c in model.refine] == [(3, 3)] * 3
     _randomised(model)
     x = torch.rand(1, 3, 8, 8)
     before = model(x, n_up=1)[-1].detach().clone()
@@ -72,6 +74,42 @@ def test_each_zoom_has_its_own_sub_pixel_conv():
         model.res[1].weight.add_(1.0)  # the x4 head changes the x4 output, not the x2 one
     assert torch.equal(model(x, n_up=1)[-1], before)
     assert not torch.allclose(model(x, n_up=2)[-1], _randomised(build_model(_cfg(), levels=3))(x, n_up=2)[-1])
+
+
+@pytest.mark.parametrize("block", ["plain", "residual"])
+def test_a_flat_image_stays_flat_whatever_the_weights(block):
+    """No sub-pixel grid: the hold filter nulls the s-periodic pattern of independently learned phases,
+    so with any weights a flat input gives a flat output at every zoom (away from the zero-padded border).
+    Without the filter the shuffled residual is s-periodic here (the check fails by ~10)."""
+    model = _randomised(build_model(_cfg(block=block), levels=3), std=0.3)
+    x = torch.full((1, 3, 28, 28), 0.4)
+    with torch.no_grad():
+        outs = model(x)
+    for k, o in enumerate(outs[1:], start=1):
+        s, r = 2**k, receptive_radius(model, k)  # the convs' zero padding reaches r input px in
+        inner = o[0, :, r * s:-r * s, r * s:-r * s]
+        assert (inner - inner.mean(dim=(1, 2), keepdim=True)).abs().max() < 1e-4, s  # values up to ~30
+
+
+def test_hold_filter_nulls_its_period_and_keeps_flat_and_smooth_signals():
+    h = HoldFilter(4, channels=1)
+    n = torch.arange(64, dtype=torch.float32)
+    grid = torch.cos(2 * torch.pi * n / 4)[None, None, None, :].repeat(1, 1, 9, 1)  # period 4 (and 2, below)
+    assert h(grid)[..., 4:-4].abs().max() < 1e-5
+    assert h(torch.cos(torch.pi * n)[None, None, None, :].repeat(1, 1, 9, 1))[..., 4:-4].abs().max() < 1e-5
+    ramp = n[None, None, None, :].repeat(1, 1, 9, 1)
+    assert torch.allclose(h(ramp)[..., 4:-4], ramp[..., 4:-4], atol=1e-4)  # symmetric: no shift, linear kept
+    with pytest.raises(ValueError, match="zooms >= 2"):
+        HoldFilter(1)
+
+
+def test_image_branch_and_sums_stay_fp32_under_bf16_autocast():
+    model = _randomised(build_model(_cfg(), levels=2), std=0.05)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = model(x)
+    assert all(o.dtype == torch.float32 for o in outs)
+    assert (outs[2] - model(x)[2]).abs().max() < 0.05  # bf16 only in the convs of the trunk and residuals
 
 
 def test_bad_configs_and_inputs_are_clear_errors():
@@ -90,6 +128,7 @@ def test_variant_changes_the_arch_and_loads_the_shared_parts():
     base = ModelConfig(features=4, depth=2)
     cfg = apply_variant(base, VariantConfig(arch="lrhead"))
     assert cfg.arch == "lrhead" and cfg.features == 4
+    assert apply_variant(base, VariantConfig(arch="lrhead", depth=6)).depth == 6  # a variant may set its size
     lap, head = build_model(base, levels=3), build_model(cfg, levels=3)
     assert isinstance(lap, LapSRN) and isinstance(head, LRHead)
     own, theirs = head.state_dict(), lap.state_dict()
@@ -111,20 +150,26 @@ def test_checkpoint_round_trip_and_description(tmp_path):
 
 def test_receptive_radius_and_tiling_reproduce_the_whole_image():
     model = _randomised(build_model(_cfg(), levels=3))
-    # level 0: head 1 + trunk 2 + res0 1 = 4; the bicubic cascade adds 2 input px at x2 and 1 more at x4
-    assert receptive_radius(model, 2) == 7
+    # level 0: head 1 + trunk 2 + res0 1 = 4; bicubic + C_1 add 2 + 1/2 input px at x2, then 1 + 1/4 at x4
+    assert receptive_radius(model, 2) == 8
     enh = Enhancer(model, {"model": _cfg().model_dump(), "levels": 3}, device="cpu")
     img = np.random.default_rng(0).random((130, 150, 3), dtype=np.float32)
     whole = enh.enhance(img, 4)
     assert np.abs(enh.enhance(img, 4, tile=60) - whole).max() < 1e-5  # default overlap 4 r = 28
 
 
-def test_onnx_export_is_the_plain_graph_with_parity(tmp_path):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_onnx_export_with_parity_phase_bicubic_by_default(tmp_path, fuse):
     cfg = _cfg()
     model = _randomised(build_model(cfg, levels=3), std=0.1)
     meta = {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "l1"}
-    info = export_onnx(model, tmp_path / "m.onnx", 4, meta=meta)
-    assert info.graph == "plain" and info.graph_error is None and info.parity_max_abs <= ONNX_PARITY_ATOL
+    info = export_onnx(model, tmp_path / "m.onnx", 4, meta=meta, fuse=fuse)
+    assert info.graph == ("phase" if fuse else "plain") and info.graph_error is None
+    assert info.parity_max_abs <= ONNX_PARITY_ATOL
+    if fuse:  # the image branch as phase convs: no cubic Resize left in the graph
+        import onnx
+
+        assert not any(n.op_type == "Resize" for n in onnx.load(info.path).graph.node)
     img = np.random.default_rng(1).random((23, 31, 3), dtype=np.float32)
     eager = Enhancer(model, meta, device="cpu").enhance(img, 4)
     assert np.abs(OnnxEnhancer(info.path, threads=1).enhance(img, 4) - eager).max() < ONNX_PARITY_ATOL

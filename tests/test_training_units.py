@@ -120,15 +120,17 @@ def _variant_run(tmp_path, variant: str, **train):
                                train_set)
 
 
-@pytest.mark.parametrize("variant", ["shared", "resblock"])
+@pytest.mark.parametrize("variant", ["shared", "resblock", "lrhead"])
 def test_a_variant_catches_up_as_l1_trains(tmp_path, variant):
     """Every variant (new tensors, or the same tensors shared and recursed) first trains train.l1's budget
     with l1's lr, schedule and loss set, then its own steps with its own lr and the full loss set."""
     params, run = _variant_run(tmp_path, variant, l1={"steps": 3, "lr": 2e-3, "ridge_weight": 0.5},
                                modified={"steps": 2, "lr": 1e-4},
                                variants={"shared": {"share_weights": True, "recursions": 2},
-                                         "resblock": {"block": "residual"}})
+                                         "resblock": {"block": "residual"}, "lrhead": {"arch": "lrhead"}})
     assert run.pretrain == 3 and run.total_steps == 5
+    assert type(run.model).__name__ == ("LRHead" if variant == "lrhead" else "LapSRN")
+    assert run.init["loaded"] > 0  # another architecture still starts from the adversarial model's matching tensors
     lrs, keys = [], []
     for _ in range(5):
         lrs.append(run.opt_g.param_groups[0]["lr"])

@@ -426,6 +426,8 @@ class VariantConfig(_Section):
     it trains with where they differ from the phases')."""
 
     arch: Literal["lapsrn", "lrhead"] | None = None
+    features: int | None = Field(None, ge=1, description="this variant's F (model.features when null)")
+    depth: int | None = Field(None, ge=1, description="this variant's D (model.depth when null)")
     share_weights: bool | None = None
     recursions: int | None = Field(None, ge=1)
     block: Literal["plain", "residual"] | None = None

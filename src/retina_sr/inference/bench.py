@@ -276,7 +276,12 @@ def _fast(case: _Case, label: str, model: torch.nn.Module, meta: dict, workdir: 
         return {"compiles": compiles, "recompiles": recompiles, "max_abs_vs_fp32": diff}
 
     note = f"{len(stats)} bucket(s) warmed up explicitly" if compiles is not None else "warmed up explicitly"
-    return _Timed("lapsrn", label, fenh.mode, lambda: fenh.enhance(case.frame, case.zoom), note=note, after=after)
+    return _Timed(_method(meta), label, fenh.mode, lambda: fenh.enhance(case.frame, case.zoom), note=note, after=after)
+
+
+def _method(meta: dict) -> str:
+    """The rows' method column for one of our models: its ``model.arch`` (``lapsrn`` or ``lrhead``)."""
+    return str(meta.get("model", {}).get("arch", "lapsrn"))
 
 
 def _lapsrn(case: _Case, label: str, model: torch.nn.Module, meta: dict, fast: bool, workdir: str,
@@ -285,7 +290,7 @@ def _lapsrn(case: _Case, label: str, model: torch.nn.Module, meta: dict, fast: b
     from .enhancer import Enhancer
 
     enh = Enhancer(model, meta, device=case.device)
-    timed = [_Timed("lapsrn", label, enh.mode, lambda: enh.enhance(case.frame, case.zoom))]
+    timed = [_Timed(_method(meta), label, enh.mode, lambda: enh.enhance(case.frame, case.zoom))]
     variants = ([True] + ([False] if plain_onnx and case.device.type != "cuda" else [])) if fast else []
     return timed + [_fast(case, label, model, meta, workdir, fuse) for fuse in variants]
 

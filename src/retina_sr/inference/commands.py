@@ -307,7 +307,7 @@ def register(sub) -> None:
     e.add_argument("--plain", action="store_true", help="export the model as written, not the phase form")
     e.set_defaults(func=_export)
 
-    b = _parser(sub, "bench", "latency/FPS of bicubic, ESPCN, OpenCV's SR peers and the LapSRN models",
+    b = _parser(sub, "bench", "latency/FPS of bicubic, ESPCN, OpenCV's SR peers and the models (LapSRN, LR head)",
                 "retina-sr bench --arch F16D3 --sizes 1920x1080 --zooms 2,4 --peers ../shared/peers/opencv_dnn_superres",
                 "End to end (uint8 frame in, uint8 image out), eager vs the fast path (ONNX Runtime on CPU; bf16 + "
                 "torch.compile + CUDA graphs on CUDA, with compiles counted and the difference to fp32).")

@@ -35,7 +35,7 @@ from ..config import levels_for_zoom
 from ..models.checkpoint import CheckpointError, load_model
 from .base import DEFAULT_CPU_BUDGET, BaseEnhancer, resolve_device
 from .enhancer import LevelOutput, resolve_checkpoint
-from .fuse import PhaseLapSRN
+from .fuse import PhaseLapSRN, phase_lrhead
 from .image import ZoomError, check_zoom
 from .receptive import receptive_radius
 
@@ -198,8 +198,9 @@ def export_onnx(
     reference = LevelOutput(model, n_up).eval()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fuse = fuse and getattr(getattr(model, "cfg", None), "arch", "lapsrn") == "lapsrn"  # the lrhead has no 2x upsamplers to fuse
-    graphs: list[tuple[str, torch.nn.Module]] = [("phase", PhaseLapSRN(model, n_up).eval())] if fuse else []
+    lrhead = getattr(getattr(model, "cfg", None), "arch", "lapsrn") == "lrhead"
+    phase = LevelOutput(phase_lrhead(model), n_up) if lrhead else PhaseLapSRN(model, n_up)
+    graphs: list[tuple[str, torch.nn.Module]] = [("phase", phase.eval())] if fuse else []
     graphs.append(("plain", reference))
     graph_error = None
     for graph, module in graphs:

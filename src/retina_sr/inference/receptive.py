@@ -89,14 +89,17 @@ def receptive_radius(model: nn.Module, n_up: int | None = None) -> int:
 
 def _lrhead_radius(model: nn.Module, n_up: int | None) -> int:
     """:class:`~retina_sr.models.lrhead.LRHead`: the trunk and every residual conv at the input resolution,
-    the shuffled pixels up to half an input pixel from their source, the bicubic cascade as LapSRN's."""
+    the shuffled pixels up to half an input pixel from their source, the hold filter half an input pixel
+    more, the bicubic cascade as LapSRN's with the 3x3 refinement at each level's resolution."""
     m = cast(Any, model)
     n = m.levels if n_up is None else int(n_up)
     r_g = _conv_radius(m.head) + _embed_radius(m.embed[0])
     r_y = r_g + _conv_radius(m.res0)
     for k in range(1, n + 1):
         coarse = 2.0 ** (k - 1)
-        r_y = max(r_y + _up_radius(m.up_img[k - 1]) / coarse, r_g + _conv_radius(m.res[k - 1]) + 0.5)
+        # the hold filter reaches s/2 output pixels = half an input pixel; C_k one output pixel beyond bicubic
+        r_u = r_y + _up_radius(m.up_img[k - 1]) / coarse + _conv_radius(m.refine[k - 1]) / (2 * coarse)
+        r_y = max(r_u, r_g + _conv_radius(m.res[k - 1]) + 0.5 + 0.5)
     return math.ceil(r_y - 1e-9)
 
 

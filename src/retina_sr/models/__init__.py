@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
     "checkpoint": ["CheckpointError", "load_model", "read_checkpoint", "save_model"],
     "discriminator": ["Discriminator"],
     "lapsrn": ["LapSRN", "apply_variant", "build_model", "describe_model"],
-    "lrhead": ["LRHead"],
+    "lrhead": ["HoldFilter", "LRHead"],
     "spectrum": ["nyquist_energy_fraction", "nyquist_score"],
     "tensors": ["to_tensor"],
 })
