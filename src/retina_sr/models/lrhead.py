@@ -49,6 +49,9 @@ class HoldFilter(nn.Module):
     """The fixed ``s + 1``-tap separable kernel ``[1/2, 1, ..., 1, 1/2] / s`` per channel (module doc),
     replicate-padded so that the output has the input's size and a flat image stays flat up to the border."""
 
+    row: Tensor  # buffers (register_buffer)
+    col: Tensor
+
     def __init__(self, scale: int, channels: int = 3) -> None:
         super().__init__()
         if scale < 2:
