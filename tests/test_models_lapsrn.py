@@ -52,14 +52,15 @@ def test_shapes_every_zoom_and_gradients(kw, branch):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
-def test_untrained_bicubic_branch_is_the_baseline():
+@pytest.mark.parametrize("arch", ["lapsrn", "lrhead"])
+def test_untrained_bicubic_branch_is_the_baseline(arch):
     """image_branch=bicubic: level 0 returns the input and level k cascaded 2x bicubic (Keys a=-0.75,
-    OpenCV's INTER_CUBIC kernel), so training starts at the baseline a user already has."""
+    OpenCV's INTER_CUBIC kernel), so training starts at the baseline a user already has (the LR head too)."""
     import cv2
     import numpy as np
     import torch.nn.functional as F
 
-    model = build_model(_cfg(), levels=2)
+    model = build_model(_cfg(arch=arch), levels=2)
     x = torch.rand(1, 3, 16, 20)
     outs = model(x)
     assert torch.equal(outs[0], x)

@@ -34,6 +34,7 @@ __all__ = [
     "icnr_",
     "init_conv_",
     "image_step",
+    "PyramidNet",
 ]
 
 UpsampleKind = Literal["deconv", "resize_conv", "subpixel"]
@@ -243,3 +244,35 @@ def image_step(up: nn.Module | None, y: Tensor, residual: Tensor) -> Tensor:
     with torch.autocast(y.device.type, enabled=False):
         y = y.float()
         return (up(y) if up is not None else y) + residual.float()
+
+
+class PyramidNet(nn.Module):
+    """What LapSRN and the LR head share: ``levels`` 2x levels, ``forward(x, n_up) -> [level0, x2, ...]`` and
+    level 0 (``head`` conv + LeakyReLU ``act``, the embedding ``embed[0]``, the residual conv ``res0``)."""
+
+    _levels: int
+    head: nn.Module
+    act: nn.Module
+    embed: nn.ModuleList
+    res0: nn.Module
+
+    @property
+    def levels(self) -> int:
+        """Number of 2x levels (``log2`` of the largest zoom)."""
+        return self._levels
+
+    @property
+    def max_zoom(self) -> int:
+        """The largest zoom factor, ``2 ** levels``."""
+        return 2**self._levels
+
+    def _level0(self, x: Tensor, n_up: int | None) -> tuple[int, Tensor, Tensor]:
+        """``(n_up, g, y0)``: ``n_up`` (default: every level) after checking it and the (N, 3, H, W) input,
+        the input-resolution features ``g`` and the level-0 image ``y0 = x + res0(g)``."""
+        n = self._levels if n_up is None else int(n_up)
+        if not 0 <= n <= self._levels:
+            raise ValueError(f"n_up={n} outside 0..{self._levels} (this model's largest zoom is x{self.max_zoom})")
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):
+            raise ValueError(f"{type(self).__name__} expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
+        g = self.embed[0](self.act(self.head(x)))
+        return n, g, image_step(None, x, self.res0(g))

@@ -23,16 +23,15 @@ Networks", TPAMI 2018.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, VariantConfig
-from .blocks import BicubicUp2x, EmbeddingBlock, Upsample2x, conv3x3, image_step, init_conv_
+from .blocks import BicubicUp2x, EmbeddingBlock, PyramidNet, Upsample2x, conv3x3, image_step, init_conv_
 
 __all__ = ["LapSRN", "build_model", "apply_variant", "describe_model"]
 
 
-class LapSRN(nn.Module):
+class LapSRN(PyramidNet):
     """Laplacian pyramid super-resolution network returning every pyramid level.
 
     ``forward(x, n_up=None) -> [level0, x2, x4, ...]`` with ``n_up + 1`` images (default
@@ -74,27 +73,11 @@ class LapSRN(nn.Module):
                                      for _ in range(n_up)])
         self.res = nn.ModuleList([residual() for _ in range(n_up)])
 
-    @property
-    def levels(self) -> int:
-        """Number of 2x levels (``log2`` of the largest zoom)."""
-        return self._levels
-
-    @property
-    def max_zoom(self) -> int:
-        """The largest zoom factor, ``2 ** levels``."""
-        return 2**self._levels
-
     def _idx(self, k: int) -> int:
         return 0 if self.cfg.share_weights else k
 
     def forward(self, x: Tensor, n_up: int | None = None) -> list[Tensor]:
-        n = self._levels if n_up is None else int(n_up)
-        if not 0 <= n <= self._levels:
-            raise ValueError(f"n_up={n} outside 0..{self._levels} (this model's largest zoom is x{self.max_zoom})")
-        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):
-            raise ValueError(f"LapSRN expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
-        g = self.embed[0](self.act(self.head(x)))
-        y = image_step(None, x, self.res0(g))
+        n, g, y = self._level0(x, n_up)
         outs = [y]
         for k in range(1, n + 1):
             i = self._idx(k - 1)

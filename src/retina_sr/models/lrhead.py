@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
-from .blocks import BicubicUp2x, EmbeddingBlock, conv3x3, image_step, init_conv_
+from .blocks import BicubicUp2x, EmbeddingBlock, PyramidNet, conv3x3, init_conv_
 
 __all__ = ["LRHead", "HoldFilter"]
 
@@ -74,7 +74,7 @@ class HoldFilter(nn.Module):
         return f"scale={self.scale}, taps={self.scale + 1}"
 
 
-class LRHead(nn.Module):
+class LRHead(PyramidNet):
     """A trunk at the input resolution with one sub-pixel residual conv per pyramid level.
 
     ``forward(x, n_up=None) -> [level0, x2, x4, ...]`` with ``n_up + 1`` images, as :class:`LapSRN`;
@@ -107,24 +107,8 @@ class LRHead(nn.Module):
         self.hold = nn.ModuleList([HoldFilter(2**k) for k in range(1, self._levels + 1)])
         self.refine = nn.ModuleList([zero_conv(3, 3) for _ in range(self._levels)])
 
-    @property
-    def levels(self) -> int:
-        """Number of 2x levels (``log2`` of the largest zoom)."""
-        return self._levels
-
-    @property
-    def max_zoom(self) -> int:
-        """The largest zoom factor, ``2 ** levels``."""
-        return 2**self._levels
-
     def forward(self, x: Tensor, n_up: int | None = None) -> list[Tensor]:
-        n = self._levels if n_up is None else int(n_up)
-        if not 0 <= n <= self._levels:
-            raise ValueError(f"n_up={n} outside 0..{self._levels} (this model's largest zoom is x{self.max_zoom})")
-        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):
-            raise ValueError(f"LRHead expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
-        g = self.embed[0](self.act(self.head(x)))
-        y = image_step(None, x, self.res0(g))
+        n, g, y = self._level0(x, n_up)
         outs = [y]
         for k in range(1, n + 1):
             detail = self.hold[k - 1](F.pixel_shuffle(self.res[k - 1](g), 2**k))
