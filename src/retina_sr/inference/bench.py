@@ -202,8 +202,10 @@ def parse_bench_arch(text: str) -> tuple[str, int, int]:
     ('lrhead', 32, 3)
     """
     kind, _, size = text.strip().rpartition(":")
+    from ..models import ARCH_NAMES
+
     kind = kind.strip().lower() or "lapsrn"
-    if kind not in ("lapsrn", "lrhead"):
+    if kind not in ARCH_NAMES:
         raise ValueError(f"architecture {text!r}: {kind!r} is not a model.arch; use lapsrn:F16D3 or lrhead:F16D3")
     return (kind, *parse_arch(size))
 
@@ -211,7 +213,7 @@ def parse_bench_arch(text: str) -> tuple[str, int, int]:
 def _entries(models: Sequence[str | Path], archs: Sequence[tuple[str, int, int]]) -> list[tuple[str, torch.nn.Module, dict]]:
     """(label, model, meta) for checkpoints and random-weight architectures."""
     from ..config import ModelConfig
-    from ..models import build_model
+    from ..models import ARCH_NAMES, arch_name, build_model
     from ..models.checkpoint import load_model
     from .enhancer import resolve_checkpoint
 
@@ -219,13 +221,11 @@ def _entries(models: Sequence[str | Path], archs: Sequence[tuple[str, int, int]]
     for p in models:
         model, meta = load_model(resolve_checkpoint(p), device="cpu")  # a path, bundled name or MLflow URI
         cfg = meta["model"]
-        kind = "LR head " if cfg.get("arch") == "lrhead" else ""
-        entries.append((f"{p} ({kind}F{cfg['features']} D{cfg['depth']})", model, meta))
+        entries.append((f"{p} ({arch_name(cfg)} F{cfg['features']} D{cfg['depth']})", model, meta))
     for kind, f, d in archs:
         cfg = ModelConfig(arch=kind, features=f, depth=d)  # parse_bench_arch checked the arch
         torch.manual_seed(0)
-        name = "LR head" if kind == "lrhead" else "LapSRN"
-        entries.append((f"{name} F{f} D{d} (random weights)", build_model(cfg, levels=3),
+        entries.append((f"{ARCH_NAMES[kind]} F{f} D{d} (random weights)", build_model(cfg, levels=3),
                         {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "bench"}))
     return entries
 

@@ -33,6 +33,7 @@ import torch
 
 from ..config import levels_for_zoom
 from ..models.checkpoint import CheckpointError, load_model
+from ..models.lrhead import LRHead
 from .base import DEFAULT_CPU_BUDGET, BaseEnhancer, resolve_device
 from .enhancer import LevelOutput, resolve_checkpoint
 from .fuse import PhaseLapSRN, phase_lrhead
@@ -198,8 +199,7 @@ def export_onnx(
     reference = LevelOutput(model, n_up).eval()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lrhead = getattr(getattr(model, "cfg", None), "arch", "lapsrn") == "lrhead"
-    phase = LevelOutput(phase_lrhead(model), n_up) if lrhead else PhaseLapSRN(model, n_up)
+    phase = LevelOutput(phase_lrhead(model), n_up) if isinstance(model, LRHead) else PhaseLapSRN(model, n_up)
     graphs: list[tuple[str, torch.nn.Module]] = [("phase", phase.eval())] if fuse else []
     graphs.append(("plain", reference))
     graph_error = None

@@ -66,7 +66,9 @@ def receptive_radius(model: nn.Module, n_up: int | None = None) -> int:
     >>> receptive_radius(build_model(ModelConfig(features=64, depth=10), levels=3))
     21
     """
-    if getattr(getattr(model, "cfg", None), "arch", "lapsrn") == "lrhead":
+    from ..models.lrhead import LRHead
+
+    if isinstance(model, LRHead):
         return _lrhead_radius(model, n_up)
     model = cast("LapSRN", model)  # the attributes above; nn.Module's own __getattr__ types them loosely
     n = model.levels if n_up is None else int(n_up)

@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(__name__, submod_attrs={
     "blocks": ["EmbeddingBlock", "ResidualBlock", "Upsample2x", "bilinear_kernel", "icnr_"],
     "checkpoint": ["CheckpointError", "load_model", "read_checkpoint", "save_model"],
     "discriminator": ["Discriminator"],
-    "lapsrn": ["LapSRN", "apply_variant", "build_model", "describe_model"],
+    "lapsrn": ["ARCH_NAMES", "LapSRN", "apply_variant", "arch_name", "build_model", "describe_model"],
     "lrhead": ["HoldFilter", "LRHead"],
     "spectrum": ["nyquist_energy_fraction", "nyquist_score"],
     "tensors": ["to_tensor"],

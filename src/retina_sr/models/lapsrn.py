@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig, VariantConfig
 from .blocks import BicubicUp2x, EmbeddingBlock, PyramidNet, Upsample2x, conv3x3, image_step, init_conv_
 
-__all__ = ["LapSRN", "build_model", "apply_variant", "describe_model"]
+__all__ = ["LapSRN", "build_model", "apply_variant", "describe_model", "arch_name", "ARCH_NAMES"]
 
 
 class LapSRN(PyramidNet):
@@ -105,6 +105,15 @@ def build_model(cfg: ModelConfig, levels: int) -> nn.Module:
 
         return LRHead(cfg, int(levels))
     return LapSRN(cfg, int(levels))
+
+
+#: the display name of each ``model.arch``
+ARCH_NAMES = {"lapsrn": "LapSRN", "lrhead": "LR head"}
+
+
+def arch_name(m: dict) -> str:
+    """The display name of a checkpoint's ``meta["model"]`` (a ``ModelConfig`` dump; no ``arch``: LapSRN)."""
+    return ARCH_NAMES[m.get("arch", "lapsrn")]
 
 
 def describe_model(m: dict, levels: int | None = None) -> str:

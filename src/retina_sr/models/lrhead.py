@@ -85,8 +85,8 @@ class LRHead(PyramidNet):
         super().__init__()
         if levels < 0:
             raise ValueError(f"levels must be >= 0, got {levels}")
-        if cfg.arch != "lrhead" or cfg.share_weights or cfg.image_branch != "bicubic":
-            raise ValueError(f"LRHead needs model.arch 'lrhead', no shared weights and the bicubic image branch, got {cfg}")
+        if cfg.arch != "lrhead":  # ModelConfig itself rules out shared weights and a learned image branch for it
+            raise ValueError(f"LRHead needs a ModelConfig with arch 'lrhead', got arch {cfg.arch!r}")
         self.cfg = cfg
         self._levels = int(levels)
         fch, slope = cfg.features, cfg.negative_slope
