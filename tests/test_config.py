@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,23 @@ def test_full_study_is_valid_and_paper_sized():
 def test_real_study_composes_and_is_valid():
     p = load_composed(["study=real"], CONF)
     assert p.study == "real" and p.data.source == "folder" and len(p.data.extra_folders) == 1
-    assert p.train.l1.steps == 3000 and p.train.loop.val_every == 250
-    # a variant's own loss weights merge into the base variant (its architecture stays)
-    shared = p.train.variants["shared"]
-    assert shared.share_weights and shared.loss is not None and shared.loss.ridge_weight > p.train.modified.ridge_weight
+    assert p.train.l1.steps == 4000 and p.train.loop.val_every == 250
+    # its main line is the LR head, and the network modifications are the LR head's (conf/variants/lrhead.yaml):
+    # the study's group choice replaces LapSRN's set instead of merging into it
+    assert (p.model.arch, p.model.features, p.model.depth) == ("lrhead", 32, 5)
+    assert set(p.train.variants) == {"resblock"} and p.train.variants["resblock"].block == "residual"
+    assert set(load_composed([], CONF).train.variants) == {"shared", "resblock", "subpixel"}
+    assert set(load_composed(["study=real", "variants=lapsrn"], CONF).train.variants) == {"shared", "resblock", "subpixel"}
+
+
+def test_a_variant_loss_merges_into_its_variant(tmp_path):
+    """A study's per-variant loss weights merge into the group's variant (its architecture stays)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "study" / "mine.yaml").write_text(
+        "# @package _global_\nstudy: demo\ntrain:\n  variants:\n    shared:\n      loss:\n        ridge_weight: 20.0\n")
+    shared = load_composed(["study=mine"], conf).train.variants["shared"]
+    assert shared.share_weights and shared.recursions == 2 and shared.loss.ridge_weight == 20.0
 
 
 # ------------------------------------------------------------ one source: conf/, composed by Hydra
@@ -77,7 +91,6 @@ def test_composition_is_what_dvc_writes(tmp_path):
 
 def test_one_edit_in_conf_reaches_every_composition(tmp_path):
     """A user edits one file (conf/config.yaml); every study composed from it sees the edit."""
-    import shutil
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
