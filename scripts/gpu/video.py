@@ -15,6 +15,7 @@ from retina_sr.config import ModelConfig
 from retina_sr.inference import Enhancer
 from retina_sr.inference.video import enhance_video
 from retina_sr.models import build_model
+from retina_sr.models.bundled import bundled_checkpoint
 from retina_sr.models.checkpoint import save_model
 
 out, dev = sys.argv[1], sys.argv[2]
@@ -25,7 +26,7 @@ work.mkdir(exist_ok=True)
 w, h, n = (240, 136, 12) if smoke else (960, 540, 120)
 torch.manual_seed(0)
 if arch == "bundled":
-    ckpt = "src/retina_sr/weights/retina-lapsrn-f16d3-v3.pt"
+    ckpt = str(bundled_checkpoint())  # the default model
 else:
     f, d = (16, 3) if arch == "F16D3" else (64, 10)
     cfg = ModelConfig(features=f, depth=d)

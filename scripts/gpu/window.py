@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from retina_sr.inference import Enhancer
+from retina_sr.models.bundled import bundled_checkpoint
 
 out, dev = sys.argv[1], sys.argv[2]
 smoke = os.environ.get("SMOKE") == "1"
 W, H, DW, DH = (480, 270, 240, 136) if smoke else (3840, 2160, 1920, 1080)
-BUNDLED = "src/retina_sr/weights/retina-lapsrn-f16d3-v3.pt"  # what a user zooms with
+BUNDLED = str(bundled_checkpoint())  # the default model: what a user zooms with
 enh = Enhancer.from_checkpoint(BUNDLED, device=dev, fast=True)
 frame = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
 t = time.perf_counter()
