@@ -218,6 +218,9 @@ def test_cli_validate(capsys):
 
     assert main(["params", "validate", str(ROOT / "params.yaml"), str(ROOT / "conf/study/full.yaml")]) == 0
     assert "study=full" in capsys.readouterr().out
+    # a study overlay that picks another config group is Hydra's to compose, not a plain override file
+    assert main(["params", "validate", str(ROOT / "params.yaml"), str(ROOT / "conf/study/real.yaml")]) != 0
+    assert "retina-sr params compose --study real" in capsys.readouterr().err
 
 
 def test_cli_compose_writes_what_dvc_writes(tmp_path, capsys, monkeypatch):

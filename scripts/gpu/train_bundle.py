@@ -1,11 +1,12 @@
 """Train the bundled-model recipe on a GPU: patches of a study folder, then the `l1` phase for STEPS steps.
 
 usage (repo root): python scripts/gpu/train_bundle.py OUTDIR STEPS [DEVICE]
-Reads the study prepared by scripts/gpu/prepare.sh (.gpu/study: params.yaml + data/processed), writes
-OUTDIR/bundle_gpu.pt and OUTDIR/bundle_gpu.json. Recipe: the study's params with resize-conv, the
-vessel-ridge (10) and periodic-artifact (0.2) losses, batch 64, 256 crops per image. On one H200 it ran
-53 steps/s (13 872 steps in 4.3 min); size STEPS so that the run ends inside the device call (a killed
-run leaves only models/.resume/l1/last.pt in /tmp/gpu_study).
+Reads the study prepared by scripts/gpu/prepare.sh (.gpu/study: params.yaml + data/processed of the `real`
+study), writes OUTDIR/bundle_gpu.pt and OUTDIR/bundle_gpu.json. Recipe (the bundled model v4's, see its model
+card): the `real` study's `l1` (LR head, lr 2e-3, vessel-ridge 14, periodic-artifact 2) at F48 D6 with a residual
+trunk, 256 crops per image; batch 64 here (8 on the 2-core CPU that trained v4). The previous recipe (LapSRN
+F16 D3, v3) ran 53 steps/s on one H200; size STEPS so that the run ends inside the device call (a killed run
+leaves only models/.resume/l1/last.pt in /tmp/gpu_study).
 """
 import json
 import os
@@ -31,11 +32,11 @@ os.chdir(root)
 raw = yaml.safe_load(Path("params.yaml").read_text())
 raw["data"]["workers"] = os.cpu_count() or 2
 raw["data"]["patches"]["per_image"] = 8 if smoke else 256
-raw["model"]["upsample"] = "resize_conv"
+raw["model"].update(arch="lrhead", features=48, depth=6, block="residual")  # v4: the real study's resblock variant, wider
 every = max(50, steps // 8)
 raw["train"]["loop"].update(device=device, batch_size=8 if smoke else 64, val_every=every, checkpoint_every=every,
                             log_every=200)
-raw["train"]["l1"].update(lr=1e-3, ridge_weight=10.0, periodic_weight=0.2, steps=steps)
+raw["train"]["l1"].update(steps=steps)  # lr and loss weights: the real study's
 params = Params.model_validate(raw)
 t = time.time()
 log = {"patches": run_patches(params.data, params.seed), "patches_s": round(time.time() - t, 1), "device": device,

@@ -688,6 +688,12 @@ def load_params(path: str | Path = "params.yaml", *overrides: str | Path) -> Par
 
         layers = [raw, *(_read_yaml(Path(o)) for o in overrides)]
         sources += [str(o) for o in overrides]
+        for o, layer in zip(overrides, layers[1:]):
+            if isinstance(layer, dict) and "defaults" in layer:  # a conf/study overlay: its defaults list is Hydra's
+                study = Path(o).stem
+                raise ConfigError(f"{o} has a Hydra defaults list (it picks other config groups), so it is not a plain "
+                                  f"override file: validate its composition with `retina-sr params compose --study "
+                                  f"{study} --out /tmp/{study}.yaml` and `retina-sr params validate /tmp/{study}.yaml`")
         try:
             merged = OmegaConf.merge(*(OmegaConf.create(x) for x in layers))
             raw = OmegaConf.to_container(merged)  # type: ignore[assignment]
