@@ -48,7 +48,7 @@ EXAMPLES = {
     "train": "retina-sr train --phase l1 --params params.yaml",
     "bench-train": "retina-sr bench-train --sizes demo,full --steps 20",
     "evaluate": "retina-sr evaluate --params params.yaml --models l1=models/l1/model.pt",
-    "bundle-model": "retina-sr bundle-model --params params.yaml --model models/l1/model.pt --name retina-lapsrn-f16d3-v3",
+    "bundle-model": "retina-sr bundle-model --params params.yaml --model models/l1/model.pt --name retina-lrhead-f48d6-v4",
     "phantom": "retina-sr phantom --seed 3 --size 512 --out phantom.png",
     "bench-preprocess": "retina-sr bench-preprocess --images data/raw --limit 20",
 }

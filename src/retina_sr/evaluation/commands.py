@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a checkpoint on the held-out test split under --root, copy it into "
                                    "src/retina_sr/weights/, write its MODEL_CARD.md and registry entry. Example: "
                                    "retina-sr bundle-model --params params.yaml --model models/l1/model.pt "
-                                   "--name retina-lapsrn-f16d3-v3 --data-note docs/data_note.md")
+                                   "--name retina-lrhead-f48d6-v4 --data-note docs/data_note.md")
     b.add_argument("--params", action="append", default=None, help="parameter file(s) of the study that trained it")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--model", required=True, help="checkpoint to ship")
