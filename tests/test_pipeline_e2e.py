@@ -8,6 +8,7 @@ has nothing to do; `dvc push` + `dvc pull` into a fresh clone restores identical
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -76,9 +77,10 @@ def make_copy(dest: Path) -> Path:
     shutil.copytree(ROOT, dest, ignore=IGNORE)
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     conf = dest / "conf" / "config.yaml"
-    base = OmegaConf.load(conf)
-    base.train.variants = TINY["train"]["variants"]  # replace, not merge
-    conf.write_text(OmegaConf.to_yaml(OmegaConf.merge(base, TINY)))
+    tiny = copy.deepcopy(TINY)
+    variants = tiny["train"].pop("variants")  # the demo's variant set is a config group: replace that file
+    conf.write_text(OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.load(conf), tiny)))
+    (dest / "conf" / "variants" / "lapsrn.yaml").write_text("# @package train.variants\n" + yaml.safe_dump(variants))
     run([str(BIN / "retina-sr"), "params", "compose", "--out", "params.yaml"], dest)
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["variants"] == TINY["train"]["variants"]
     (dest / "dvc.lock").unlink(missing_ok=True)
