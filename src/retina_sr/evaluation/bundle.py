@@ -20,7 +20,7 @@ import pandas as pd
 from ..config import Params
 from ..models.bundled import WEIGHTS_DIR
 from ..models.checkpoint import read_checkpoint
-from ..models.lapsrn import arch_name, describe_model
+from ..models.lapsrn import describe_model, model_summary
 from ..runtime import file_sha256
 
 __all__ = ["bundle_model", "model_card"]
@@ -116,8 +116,7 @@ def bundle_model(params: Params, model: str | Path, name: str, root: str | Path 
     reg_path = weights_dir / "registry.json"
     reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {"models": []}
     entry = {"name": name, "file": dst.name, "sha256": sha, "card": card.name, "default": default,
-             "summary": f"{arch_name(meta['model'])} F{meta['model']['features']}D{meta['model']['depth']}, zooms 1-{2 ** int(meta['levels'])}, "
-                        f"phase {meta.get('phase')}, trained on real fundus photographs"}
+             "summary": f"{model_summary(meta)}, trained on real fundus photographs"}
     rows = [r for r in reg["models"] if r["name"] != name]
     if default:
         rows = [{**r, "default": False} for r in rows]

@@ -201,9 +201,9 @@ def parse_bench_arch(text: str) -> tuple[str, int, int]:
     >>> parse_bench_arch("lrhead:F32D3")
     ('lrhead', 32, 3)
     """
-    kind, _, size = text.strip().rpartition(":")
     from ..models import ARCH_NAMES
 
+    kind, _, size = text.strip().rpartition(":")
     kind = kind.strip().lower() or "lapsrn"
     if kind not in ARCH_NAMES:
         raise ValueError(f"architecture {text!r}: {kind!r} is not a model.arch; use lapsrn:F16D3 or lrhead:F16D3")
@@ -281,7 +281,9 @@ def _fast(case: _Case, label: str, model: torch.nn.Module, meta: dict, workdir: 
 
 def _method(meta: dict) -> str:
     """The rows' method column for one of our models: its ``model.arch`` (``lapsrn`` or ``lrhead``)."""
-    return str(meta.get("model", {}).get("arch", "lapsrn"))
+    from ..models import arch_of
+
+    return arch_of(meta.get("model", {}))
 
 
 def _lapsrn(case: _Case, label: str, model: torch.nn.Module, meta: dict, fast: bool, workdir: str,

@@ -9,7 +9,7 @@ from pathlib import Path
 def _models(args: argparse.Namespace) -> int:
     from .bundled import bundled_checkpoint, bundled_models
     from .checkpoint import CheckpointError, read_checkpoint
-    from .lapsrn import arch_name
+    from .lapsrn import model_summary
 
     rows = bundled_models()
     print("bundled (use with --model NAME; the default is used without --model):")
@@ -28,9 +28,7 @@ def _models(args: argparse.Namespace) -> int:
         for p in found:
             try:
                 meta = read_checkpoint(p)["meta"]
-                m = meta["model"]
-                desc = (f"{arch_name(m)} F{m['features']}D{m['depth']}, zooms 1-{2 ** int(meta['levels'])}, phase {meta.get('phase')}"
-                        + (f", val PSNR {meta['val_psnr']:.2f} dB" if meta.get("val_psnr") is not None else ""))
+                desc = model_summary(meta) + (f", val PSNR {meta['val_psnr']:.2f} dB" if meta.get("val_psnr") is not None else "")
             except CheckpointError as err:
                 desc = f"unreadable: {err}"
             print(f"  {p}: {desc}")

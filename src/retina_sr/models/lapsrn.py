@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from ..config import ModelConfig, VariantConfig
 from .blocks import BicubicUp2x, EmbeddingBlock, PyramidNet, Upsample2x, conv3x3, image_step, init_conv_
 
-__all__ = ["LapSRN", "build_model", "apply_variant", "describe_model", "arch_name", "ARCH_NAMES"]
+__all__ = ["LapSRN", "build_model", "apply_variant", "describe_model", "arch_of", "arch_name", "model_summary",
+           "ARCH_NAMES"]
 
 
 class LapSRN(PyramidNet):
@@ -111,9 +112,22 @@ def build_model(cfg: ModelConfig, levels: int) -> nn.Module:
 ARCH_NAMES = {"lapsrn": "LapSRN", "lrhead": "LR head"}
 
 
+def arch_of(m: dict) -> str:
+    """The ``model.arch`` of a checkpoint's ``meta["model"]`` (a ``ModelConfig`` dump; checkpoints from before
+    the key: ``lapsrn``)."""
+    return str(m.get("arch", "lapsrn"))
+
+
 def arch_name(m: dict) -> str:
-    """The display name of a checkpoint's ``meta["model"]`` (a ``ModelConfig`` dump; no ``arch``: LapSRN)."""
-    return ARCH_NAMES[m.get("arch", "lapsrn")]
+    """The display name of a checkpoint's ``meta["model"]`` (``LapSRN``, ``LR head``)."""
+    return ARCH_NAMES[arch_of(m)]
+
+
+def model_summary(meta: dict) -> str:
+    """A short line for a checkpoint's ``meta`` in listings and the bundled registry:
+    ``"LR head F48D6, zooms 1-8, phase l1"``."""
+    m = meta["model"]
+    return f"{arch_name(m)} F{m['features']}D{m['depth']}, zooms 1-{2 ** int(meta['levels'])}, phase {meta.get('phase')}"
 
 
 def describe_model(m: dict, levels: int | None = None) -> str:
@@ -121,7 +135,7 @@ def describe_model(m: dict, levels: int | None = None) -> str:
     model cards and listings: ``"LapSRN (Lai et al. 2017), F=16, D=3, ..."`` or ``"LR head (...)"``."""
     size = f"F={m['features']}, D={m['depth']}, R={m.get('recursions', 1)}, block={m.get('block', 'plain')}"
     zooms = "" if levels is None else f", levels={levels} (zooms 1 to {2 ** int(levels)})"
-    if m.get("arch", "lapsrn") == "lrhead":
+    if arch_of(m) == "lrhead":
         return f"LR head (trunk at the input resolution, sub-pixel residual per zoom, bicubic image branch), {size}{zooms}"
     return (f"LapSRN (Lai et al. 2017), {size}, upsample={m['upsample']}, "
             f"image branch={m.get('image_branch', 'learned')}{zooms}")
