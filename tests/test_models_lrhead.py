@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from retina_sr.config import ModelConfig, VariantConfig
 from retina_sr.inference import ONNX_PARITY_ATOL, Enhancer, OnnxEnhancer, export_onnx, receptive_radius
 from retina_sr.inference.bench import parse_bench_arch
-from retina_sr.models import HoldFilter, LapSRN, LRHead, apply_variant, build_model, describe_model
+from retina_sr.models import HoldFilter, LapSRN, LRHead, apply_variant, arch_name, build_model, describe_model
+from retina_sr.models.blocks import bicubic_phases
 from retina_sr.models.checkpoint import load_model, save_model
+from retina_sr.models.lrhead import DirectUp, PhaseHold
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -25,10 +28,11 @@ def _randomised(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("block", ["plain", "residual"])
 @pytest.mark.parametrize("recursions", [1, 2])
-def test_shapes_every_zoom_and_gradients(block, recursions):
-    model = _randomised(build_model(_cfg(block=block, recursions=recursions), levels=3))
+def test_shapes_every_zoom_and_gradients(block, recursions, direct):
+    model = _randomised(build_model(_cfg(block=block, recursions=recursions, direct=direct), levels=3))
     assert isinstance(model, LRHead) and model.levels == 3 and model.max_zoom == 8
     x = torch.rand(2, 3, 9, 13)
     for n_up in range(4):
@@ -66,12 +70,13 @@ def test_each_zoom_has_its_own_sub_pixel_conv():
     assert not torch.allclose(model(x, n_up=2)[-1], _randomised(build_model(_cfg(), levels=3))(x, n_up=2)[-1])
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("block", ["plain", "residual"])
-def test_a_flat_image_stays_flat_whatever_the_weights(block):
+def test_a_flat_image_stays_flat_whatever_the_weights(block, direct):
     """No sub-pixel grid: the hold filter nulls the s-periodic pattern of independently learned phases,
     so with any weights a flat input gives a flat output at every zoom (away from the zero-padded border).
     Without the filter the shuffled residual is s-periodic here (the check fails by ~10)."""
-    model = _randomised(build_model(_cfg(block=block), levels=3), std=0.3)
+    model = _randomised(build_model(_cfg(block=block, direct=direct), levels=3), std=0.3)
     x = torch.full((1, 3, 28, 28), 0.4)
     with torch.no_grad():
         outs = model(x)
@@ -93,8 +98,9 @@ def test_hold_filter_nulls_its_period_and_keeps_flat_and_smooth_signals():
         HoldFilter(1)
 
 
-def test_image_branch_and_sums_stay_fp32_under_bf16_autocast():
-    model = _randomised(build_model(_cfg(), levels=2), std=0.05)
+@pytest.mark.parametrize("direct", [False, True])
+def test_image_branch_and_sums_stay_fp32_under_bf16_autocast(direct):
+    model = _randomised(build_model(_cfg(direct=direct), levels=2), std=0.05)
     x = torch.rand(1, 3, 12, 12)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outs = model(x)
@@ -107,6 +113,8 @@ def test_bad_configs_and_inputs_are_clear_errors():
         ModelConfig(arch="lrhead", share_weights=True)
     with pytest.raises(ValidationError, match="image_branch"):
         ModelConfig(arch="lrhead", image_branch="learned")
+    with pytest.raises(ValidationError, match="model.direct is the lrhead's"):
+        ModelConfig(arch="lapsrn", direct=True)
     model = build_model(_cfg(), levels=2)
     with pytest.raises(ValueError, match="largest zoom is x4"):
         model(torch.rand(1, 3, 8, 8), n_up=3)
@@ -138,6 +146,18 @@ def test_checkpoint_round_trip_and_description(tmp_path):
     assert describe_model(ModelConfig().model_dump()).startswith("LapSRN")
 
 
+def test_direct_receptive_radius_and_tiling_reproduce_the_whole_image():
+    cfg = _cfg(direct=True)
+    model = _randomised(build_model(cfg, levels=3))
+    # level 0: head 1 + trunk 2 + res0 1 = 4; the 5x5 image conv 2 more, the shuffle half a pixel
+    assert receptive_radius(model, 2) == 7 and receptive_radius(model, 0) == 4
+    enh = Enhancer(model, {"model": cfg.model_dump(), "levels": 3}, device="cpu")
+    img = np.random.default_rng(0).random((130, 150, 3), dtype=np.float32)
+    for zoom in (2, 4, 8):
+        whole = enh.enhance(img, zoom)
+        assert np.abs(enh.enhance(img, zoom, tile=60) - whole).max() < 1e-5, zoom
+
+
 def test_receptive_radius_and_tiling_reproduce_the_whole_image():
     model = _randomised(build_model(_cfg(), levels=3))
     # level 0: head 1 + trunk 2 + res0 1 = 4; bicubic + C_1 add 2 + 1/2 input px at x2, then 1 + 1/4 at x4
@@ -148,9 +168,10 @@ def test_receptive_radius_and_tiling_reproduce_the_whole_image():
     assert np.abs(enh.enhance(img, 4, tile=60) - whole).max() < 1e-5  # default overlap 4 r = 28
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("fuse", [True, False])
-def test_onnx_export_with_parity_phase_bicubic_by_default(tmp_path, fuse):
-    cfg = _cfg()
+def test_onnx_export_with_parity_phase_bicubic_by_default(tmp_path, fuse, direct):
+    cfg = _cfg(direct=direct)
     model = _randomised(build_model(cfg, levels=3), std=0.1)
     meta = {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "l1"}
     info = export_onnx(model, tmp_path / "m.onnx", 4, meta=meta, fuse=fuse)
@@ -168,5 +189,71 @@ def test_onnx_export_with_parity_phase_bicubic_by_default(tmp_path, fuse):
 def test_bench_arch_names():
     assert parse_bench_arch("F16D3") == ("lapsrn", 16, 3)
     assert parse_bench_arch("lrhead:F32D3") == ("lrhead", 32, 3)
-    with pytest.raises(ValueError, match="not a model.arch"):
+    assert parse_bench_arch("lrhead-direct:F16D3") == ("lrhead-direct", 16, 3)
+    with pytest.raises(ValueError, match="is not one of lapsrn, lrhead, lrhead-direct"):
         parse_bench_arch("espcn:F16D3")
+
+
+# ------------------------------------------------------------------------------------ model.direct
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_bicubic_phases_are_bicubic_interpolation(scale):
+    x = torch.rand(2, 3, 9, 11)
+    y = F.pixel_shuffle(F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), bicubic_phases(scale), groups=3), scale)
+    ref = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False) if scale > 1 else x
+    assert (y - ref).abs().max() < 1e-5  # the border too (both replicate it)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_direct_up_folds_bicubic_and_its_refinement_into_one_input_grid_conv(scale):
+    """The folded 5x5 conv equals bicubic sx followed by u + C(u) at the output resolution, bias included, except
+    for the outermost output pixels (C zero-pads there); gradients reach C through the fold."""
+    up = DirectUp(scale)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(up.refine.weight, std=0.3)
+    torch.nn.init.normal_(up.refine.bias, std=0.1)
+    x = torch.rand(2, 3, 10, 12)
+    u = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    ref, out = u + up.refine(u), F.pixel_shuffle(up.phases(x), scale)
+    assert (out - ref)[..., 1:-1, 1:-1].abs().max() < 1e-5
+    assert (out - ref).abs().max() > 1e-3  # the border differs: the fold is exact only inside
+    out.sum().backward()
+    assert up.refine.weight.grad is not None and up.refine.weight.grad.abs().sum() > 0
+    fixed = up.fixed()
+    assert torch.equal(fixed.phases(x), up.phases(x).detach()) and not list(fixed.parameters())
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_phase_hold_is_the_hold_filter_on_the_phases(scale):
+    z = torch.randn(2, 3 * scale * scale, 7, 9)
+    ref = HoldFilter(scale)(F.pixel_shuffle(z, scale))
+    out = F.pixel_shuffle(PhaseHold(scale)(z), scale)
+    inner = (slice(None), slice(None), slice(scale, -scale), slice(scale, -scale))
+    assert (out - ref)[inner].abs().max() < 1e-5  # the first and last input pixel pad differently
+
+
+def test_untrained_direct_head_is_single_step_bicubic_and_every_conv_runs_on_the_input_grid():
+    model = build_model(_cfg(direct=True), levels=3)
+    x = torch.rand(1, 3, 8, 10)
+    sizes = []
+    hooks = [m.register_forward_pre_hook(lambda m, i: sizes.append(tuple(i[0].shape[-2:])))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    outs = model(x)
+    for h in hooks:
+        h.remove()
+    assert set(sizes) == {(8, 10)}  # trunk, residuals, the hold on the phases: nothing at the output resolution
+    assert torch.equal(outs[0], x)
+    for k, o in enumerate(outs[1:], start=1):
+        ref = F.interpolate(x, scale_factor=2**k, mode="bicubic", align_corners=False)  # not cascaded 2x steps
+        assert (o - ref).abs().max() < 1e-5, k
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_top_is_the_last_output_and_names_say_direct(direct):
+    cfg = _cfg(direct=direct)
+    model = _randomised(build_model(cfg, levels=3))
+    x = torch.rand(1, 3, 8, 8)
+    for n_up in range(4):
+        assert torch.allclose(model.top(x, n_up), model(x, n_up)[-1], atol=1e-6)
+    m = cfg.model_dump()
+    assert arch_name(m) == ("LR head direct" if direct else "LR head")
+    assert ("every zoom direct" in describe_model(m)) == direct

@@ -342,8 +342,18 @@ class ModelConfig(_Section):
         "upsampler of model.upsample, bilinear at init)",
     )
 
+    direct: bool = Field(
+        False,
+        description="lrhead only: every zoom straight from the input grid (bicubic sx and its 3x3 refinement folded "
+        "into one input-grid conv, the hold filter on the phases; only the final pixel shuffle at the output "
+        "resolution: the fastest CPU graph) instead of cascaded 2x levels",
+    )
+
     @model_validator(mode="after")
     def _arch(self) -> ModelConfig:
+        if self.direct and self.arch != "lrhead":
+            raise ValueError("model.direct is the lrhead's (every zoom from the input grid); LapSRN's levels are a "
+                             "cascade by design: set direct: false or arch: lrhead")
         if self.arch == "lrhead":
             if self.share_weights:
                 raise ValueError("model.share_weights is LapSRN's (one set of level weights); the lrhead has one "
@@ -432,6 +442,7 @@ class VariantConfig(_Section):
     recursions: int | None = Field(None, ge=1)
     block: Literal["plain", "residual"] | None = None
     upsample: Literal["deconv", "resize_conv", "subpixel"] | None = None
+    direct: bool | None = None
     loss: VariantLoss = Field(default_factory=VariantLoss)
 
 

@@ -195,25 +195,30 @@ def _peers(case: _Case, peers_dir: str | Path | None, log: Callable[[str], None]
             for (name, s), peer in sorted(found.items())]
 
 
+#: ``--arch`` kinds: a ``model.arch`` and what else it sets
+BENCH_KINDS: dict[str, dict[str, Any]] = {"lapsrn": {"arch": "lapsrn"}, "lrhead": {"arch": "lrhead"},
+                                          "lrhead-direct": {"arch": "lrhead", "direct": True}}
+
+
 def parse_bench_arch(text: str) -> tuple[str, int, int]:
-    """``"F16D3"`` -> ``("lapsrn", 16, 3)``, ``"lrhead:F16D3"`` -> ``("lrhead", 16, 3)``: a ``model.arch`` and size.
+    """``"F16D3"`` -> ``("lapsrn", 16, 3)``, ``"lrhead:F16D3"`` -> ``("lrhead", 16, 3)``: a kind of
+    :data:`BENCH_KINDS` (``lrhead-direct``: the LR head with ``model.direct``) and a size.
 
     >>> parse_bench_arch("lrhead:F32D3")
     ('lrhead', 32, 3)
     """
-    from ..models import ARCH_NAMES
-
     kind, _, size = text.strip().rpartition(":")
     kind = kind.strip().lower() or "lapsrn"
-    if kind not in ARCH_NAMES:
-        raise ValueError(f"architecture {text!r}: {kind!r} is not a model.arch; use lapsrn:F16D3 or lrhead:F16D3")
+    if kind not in BENCH_KINDS:
+        raise ValueError(f"architecture {text!r}: {kind!r} is not one of {', '.join(BENCH_KINDS)}; use e.g. "
+                         "lapsrn:F16D3, lrhead:F16D3 or lrhead-direct:F16D3")
     return (kind, *parse_arch(size))
 
 
 def _entries(models: Sequence[str | Path], archs: Sequence[tuple[str, int, int]]) -> list[tuple[str, torch.nn.Module, dict]]:
     """(label, model, meta) for checkpoints and random-weight architectures."""
     from ..config import ModelConfig
-    from ..models import ARCH_NAMES, arch_name, build_model
+    from ..models import arch_name, build_model
     from ..models.checkpoint import load_model
     from .enhancer import resolve_checkpoint
 
@@ -223,9 +228,9 @@ def _entries(models: Sequence[str | Path], archs: Sequence[tuple[str, int, int]]
         cfg = meta["model"]
         entries.append((f"{p} ({arch_name(cfg)} F{cfg['features']} D{cfg['depth']})", model, meta))
     for kind, f, d in archs:
-        cfg = ModelConfig(arch=kind, features=f, depth=d)  # parse_bench_arch checked the arch
+        cfg = ModelConfig(**BENCH_KINDS[kind], features=f, depth=d)  # parse_bench_arch checked the kind
         torch.manual_seed(0)
-        entries.append((f"{ARCH_NAMES[kind]} F{f} D{d} (random weights)", build_model(cfg, levels=3),
+        entries.append((f"{arch_name(cfg.model_dump())} F{f} D{d} (random weights)", build_model(cfg, levels=3),
                         {"model": cfg.model_dump(), "levels": 3, "scales": [1, 2, 4, 8], "phase": "bench"}))
     return entries
 

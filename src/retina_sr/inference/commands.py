@@ -314,8 +314,8 @@ def register(sub) -> None:
     b.add_argument("--model", action="append", default=None, help="checkpoint(s) (default: every model.pt under --models-dir)")
     b.add_argument("--models-dir", default="models")
     b.add_argument("--arch", action="append", default=None,
-                   help="also time a random-weight architecture, e.g. F16D3 or F64D10 (LapSRN), lrhead:F16D3 (the LR head; "
-                        "speed only)")
+                   help="also time a random-weight architecture, e.g. F16D3 or F64D10 (LapSRN), lrhead:F16D3 (the LR head), "
+                        "lrhead-direct:F16D3 (the LR head with model.direct; speed only)")
     b.add_argument("--sizes", default=None, help="output sizes WxH,... (default: 1920x1080,3840x2160 on CUDA, 1920x1080 on CPU)")
     b.add_argument("--zooms", default=None, help="zooms, e.g. 2,4,8 (default: 2,4,8 on CUDA, 4 on CPU)")
     b.add_argument("--repeats", type=int, default=None, help="timed runs per entry (default: 20 on CUDA, 3 on CPU)")

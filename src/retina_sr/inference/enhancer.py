@@ -26,10 +26,11 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from ..models.blocks import PyramidNet
 from ..models.checkpoint import CheckpointError, load_model
 from .base import BaseEnhancer, DeviceError, default_memory_budget, resample, resolve_device
 from .compiled import BucketStats, CompiledLevels
@@ -51,7 +52,7 @@ class LevelOutput(torch.nn.Module):
         self.n_up = int(n_up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, n_up=self.n_up)[-1]
+        return cast(PyramidNet, self.model).top(x, self.n_up)  # only the last output where the model can
 
 
 def fast_dtype() -> torch.dtype:
@@ -204,6 +205,6 @@ class Enhancer(BaseEnhancer):
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
             if self._compiled is None:
-                return self.model(x, n_up=n_up)[-1].float().contiguous()
+                return cast(PyramidNet, self.model).top(x, n_up).float().contiguous()
             # a CUDA-graph output is overwritten by the next replay: copy it out (float32, NCHW)
             return self._compiled(x, n_up).float().contiguous().clone()

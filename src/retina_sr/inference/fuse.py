@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.blocks import bicubic_phases
+
 if TYPE_CHECKING:
     from ..models.lapsrn import LapSRN
 
@@ -40,13 +42,6 @@ __all__ = ["PhaseBicubic", "PhaseConvUp", "phase_conv3x3", "PhaseLapSRN", "phase
 _DECONV_TAPS = {0: {0: 3, 1: 1}, 1: {1: 2, 2: 0}}  # phase -> {3x3 index (d + 1): 4x4 tap}
 
 
-def _cubic(x: float, a: float = -0.75) -> float:
-    x = abs(x)
-    if x <= 1:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
-
-
 class PhaseBicubic(nn.Module):
     """2x bicubic upsampling of ``channels`` channels as four 5x5 phase kernels (module doc)."""
 
@@ -54,10 +49,7 @@ class PhaseBicubic(nn.Module):
 
     def __init__(self, channels: int = 3) -> None:
         super().__init__()
-        even = [_cubic(1.75), _cubic(0.75), _cubic(0.25), _cubic(1.25), 0.0]  # output 2m at m - 1/4
-        k = torch.tensor([even, even[::-1]], dtype=torch.float32)  # output 2m+1 at m + 1/4
-        w = torch.einsum("ai,bj->abij", k, k).reshape(4, 1, 5, 5)
-        self.register_buffer("weight", w.repeat(channels, 1, 1, 1))
+        self.register_buffer("weight", bicubic_phases(2, channels))
         self.channels = channels
 
     def phases(self, x: Tensor) -> Tensor:
@@ -199,9 +191,15 @@ class PhaseLapSRN(nn.Module):
 def phase_lrhead(model: nn.Module) -> nn.Module:
     """A copy of an :class:`~retina_sr.models.lrhead.LRHead` whose bicubic image branch is :class:`PhaseBicubic`
     (its only upsampler; the sub-pixel residuals are already convs on the input grid). At 480x270 -> 1920x1080
-    ONNX Runtime took 568 ms for the two cubic ``Resize`` ops of the plain graph and 25 ms for their phase form."""
+    ONNX Runtime took 568 ms for the two cubic ``Resize`` ops of the plain graph and 25 ms for their phase form.
+    A direct head (``model.direct``) is on the input grid already: its folded image convs become constants
+    (:meth:`~retina_sr.models.lrhead.DirectUp.fixed`) instead of being recomputed from the refinements per call."""
     import copy
 
     fused = copy.deepcopy(model)
-    fused.up_img = nn.ModuleList([PhaseBicubic(3) for _ in cast(Any, model).up_img])
+    ups = cast(Any, model).up_img
+    if getattr(model, "direct", False):
+        fused.up_img = nn.ModuleList([up.fixed() for up in ups])
+    else:
+        fused.up_img = nn.ModuleList([PhaseBicubic(3) for _ in ups])
     return fused

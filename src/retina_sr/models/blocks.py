@@ -31,6 +31,8 @@ __all__ = [
     "Upsample2x",
     "bilinear_kernel",
     "BicubicUp2x",
+    "cubic_weight",
+    "bicubic_phases",
     "icnr_",
     "init_conv_",
     "image_step",
@@ -169,6 +171,30 @@ def icnr_(weight: Tensor, scale: int = 2, init: Tensor | None = None, negative_s
         weight.copy_(init.repeat_interleave(scale * scale, dim=0).to(weight))
 
 
+def cubic_weight(x: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel at distance ``x`` (``a = -0.75``: OpenCV's ``INTER_CUBIC``, PyTorch's bicubic)."""
+    x = abs(x)
+    if x <= 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
+
+
+def bicubic_phases(scale: int, channels: int = 3) -> Tensor:
+    """Bicubic ``scale``x upsampling as ``scale**2`` phase kernels per channel: (channels * scale**2, 1, 5, 5).
+
+    ``pixel_shuffle(conv2d(pad(x, 2, "replicate"), w, groups=channels), scale)`` is
+    ``F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)`` (half-pixel centres, the border
+    replicated; OpenCV's ``INTER_CUBIC`` too): output pixel ``scale * i + p`` sits at input coordinate
+    ``i + (p + 1/2) / scale - 1/2``, within half a pixel of ``i``, so its four taps lie in ``i - 2 .. i + 2``.
+    """
+    if scale < 1:
+        raise ValueError(f"bicubic_phases needs a scale >= 1, got {scale}")
+    k = torch.tensor([[cubic_weight(d - ((p + 0.5) / scale - 0.5)) for d in range(-2, 3)] for p in range(scale)],
+                     dtype=torch.float64)
+    w = torch.einsum("ai,bj->abij", k, k).reshape(scale * scale, 1, 5, 5).float()  # phase index py * scale + px
+    return w.repeat(channels, 1, 1, 1)
+
+
 class BicubicUp2x(nn.Module):
     """Fixed 2x bicubic interpolation (Keys a = -0.75, half-pixel centres, border replicated): the same
     kernel as OpenCV's ``INTER_CUBIC`` baseline, so a LapSRN whose residuals are zero equals it
@@ -265,6 +291,11 @@ class PyramidNet(nn.Module):
     def max_zoom(self) -> int:
         """The largest zoom factor, ``2 ** levels``."""
         return 2**self._levels
+
+    def top(self, x: Tensor, n_up: int | None = None) -> Tensor:
+        """The last output, ``forward(x, n_up)[-1]`` (inference wants only the zoom asked for; a model that can
+        compute it without the levels below overrides this)."""
+        return self(x, n_up)[-1]
 
     def _level0(self, x: Tensor, n_up: int | None) -> tuple[int, Tensor, Tensor]:
         """``(n_up, g, y0)``: ``n_up`` (default: every level) after checking it and the (N, 3, H, W) input,

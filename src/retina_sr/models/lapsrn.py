@@ -119,8 +119,8 @@ def arch_of(m: dict) -> str:
 
 
 def arch_name(m: dict) -> str:
-    """The display name of a checkpoint's ``meta["model"]`` (``LapSRN``, ``LR head``)."""
-    return ARCH_NAMES[arch_of(m)]
+    """The display name of a checkpoint's ``meta["model"]`` (``LapSRN``, ``LR head``, ``LR head direct``)."""
+    return ARCH_NAMES[arch_of(m)] + (" direct" if m.get("direct") else "")
 
 
 def model_summary(meta: dict) -> str:
@@ -136,7 +136,8 @@ def describe_model(m: dict, levels: int | None = None) -> str:
     size = f"F={m['features']}, D={m['depth']}, R={m.get('recursions', 1)}, block={m.get('block', 'plain')}"
     zooms = "" if levels is None else f", levels={levels} (zooms 1 to {2 ** int(levels)})"
     if arch_of(m) == "lrhead":
-        return f"LR head (trunk at the input resolution, sub-pixel residual per zoom, bicubic image branch), {size}{zooms}"
+        branch = "every zoom direct from the input grid" if m.get("direct") else "cascaded bicubic image branch"
+        return f"LR head (trunk at the input resolution, sub-pixel residual per zoom, {branch}), {size}{zooms}"
     return (f"LapSRN (Lai et al. 2017), {size}, upsample={m['upsample']}, "
             f"image branch={m.get('image_branch', 'learned')}{zooms}")
 
