@@ -14,7 +14,7 @@ from retina_sr.inference.bench import parse_bench_arch
 from retina_sr.models import HoldFilter, LapSRN, LRHead, apply_variant, arch_name, build_model, describe_model
 from retina_sr.models.blocks import bicubic_phases
 from retina_sr.models.checkpoint import load_model, save_model
-from retina_sr.models.lrhead import DirectUp, PhaseHold
+from retina_sr.models.lrhead import DirectUp, PhaseHold, PhaseResidual
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -229,6 +229,16 @@ def test_phase_hold_is_the_hold_filter_on_the_phases(scale):
     out = F.pixel_shuffle(PhaseHold(scale)(z), scale)
     inner = (slice(None), slice(None), slice(scale, -scale), slice(scale, -scale))
     assert (out - ref)[inner].abs().max() < 1e-5  # the first and last input pixel pad differently
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_phase_residual_folds_into_one_3x3_conv_exactly(scale):
+    res = PhaseResidual(6, scale)
+    torch.nn.init.normal_(res.conv.weight)
+    g = torch.randn(2, 6, 7, 9)
+    fixed = res.fixed()
+    assert fixed.kernel_size == (3, 3) and fixed.bias is None
+    assert (fixed(g) - res(g)).abs().max() < 1e-5  # the border too: the 1x1 conv maps zero padding to zero
 
 
 def test_untrained_direct_head_is_single_step_bicubic_and_every_conv_runs_on_the_input_grid():

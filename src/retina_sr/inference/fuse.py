@@ -193,13 +193,15 @@ def phase_lrhead(model: nn.Module) -> nn.Module:
     (its only upsampler; the sub-pixel residuals are already convs on the input grid). At 480x270 -> 1920x1080
     ONNX Runtime took 568 ms for the two cubic ``Resize`` ops of the plain graph and 25 ms for their phase form.
     A direct head (``model.direct``) is on the input grid already: its folded image convs become constants
-    (:meth:`~retina_sr.models.lrhead.DirectUp.fixed`) instead of being recomputed from the refinements per call."""
+    (:meth:`~retina_sr.models.lrhead.DirectUp.fixed`) instead of being recomputed from the refinements per call,
+    and each residual's 1x1 conv and phase hold one 3x3 conv (:meth:`~retina_sr.models.lrhead.PhaseResidual.fixed`)."""
     import copy
 
     fused = copy.deepcopy(model)
     ups = cast(Any, model).up_img
     if getattr(model, "direct", False):
         fused.up_img = nn.ModuleList([up.fixed() for up in ups])
+        fused.res = nn.ModuleList([res.fixed() for res in cast(Any, model).res])
     else:
         fused.up_img = nn.ModuleList([PhaseBicubic(3) for _ in ups])
     return fused

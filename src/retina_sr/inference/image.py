@@ -179,6 +179,14 @@ def _to_numpy(t: torch.Tensor, spec: InputSpec) -> np.ndarray:
     if torch.isnan(t.sum()):  # NaN would survive the clamp and quantise to black (one reduction, no copy)
         raise NonFiniteOutputError("the model's output holds NaN values (its weights are NaN/inf, or the "
                                    "bf16/fp16 fast path overflowed); use another checkpoint or run without --fast")
+    if np.dtype(spec.dtype) == np.uint8 and t.device.type == "cpu" and not spec.gray:
+        # on the host OpenCV scales, rounds, saturates (> 1 -> 255) and interleaves in about one pass per channel:
+        # 4 ms for a 1920x1080 frame against torch's 12 ms on 2 cores; negatives are zeroed first (convertScaleAbs
+        # takes the absolute value)
+        import cv2
+
+        chans = [cv2.convertScaleAbs(cv2.max(np.ascontiguousarray(c), 0.0), alpha=255.0) for c in t[0].float().numpy()]
+        return cv2.merge(chans)
     t = t.clamp_(0.0, 1.0)
     if spec.gray:
         t = t.mean(dim=1, keepdim=True)

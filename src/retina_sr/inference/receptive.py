@@ -97,9 +97,9 @@ def _lrhead_radius(model: nn.Module, n_up: int | None) -> int:
     n = m.levels if n_up is None else int(n_up)
     r_g = _conv_radius(m.head) + _embed_radius(m.embed[0])
     r_y = r_g + _conv_radius(m.res0)
-    if m.direct and n:  # zoom 2**n from the input grid: the 5x5 image conv, the residual conv and the 3x3 phase
-        # hold, each output pixel within half an input pixel of the input pixel whose phases it is
-        return math.ceil(max(r_y + 2, r_g + _conv_radius(m.res[n - 1]) + 1) + 0.5 - 1e-9)
+    if m.direct and n:  # zoom 2**n from the input grid: the 5x5 image conv, the 1x1 residual conv and its 3x3
+        # phase hold, each output pixel within half an input pixel of the input pixel whose phases it is
+        return math.ceil(max(r_y + 2, r_g + _conv_radius(m.res[n - 1].conv) + 1) + 0.5 - 1e-9)
     for k in range(1, n + 1):
         coarse = 2.0 ** (k - 1)
         # the hold filter reaches s/2 output pixels = half an input pixel; C_k one output pixel beyond bicubic

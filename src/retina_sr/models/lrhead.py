@@ -34,12 +34,13 @@ same (``head``, ``embed.0``, ``res0``), so a variant started from a LapSRN phase
 
 ``model.direct: true`` computes every zoom straight from the input grid instead of the cascade::
 
-    y_k = PixelShuffle(s)( B_k(y0) + H'_s(R_k(g)) )
+    y_k = PixelShuffle(s)( B_k(y0) + H'_s(R'_k(g)) )
 
 ``B_k`` is bicubic ``s``x followed by ``I + C_k`` at the output resolution, folded into one 5x5 conv
 ``3 -> 3 s**2`` on the input grid (:class:`DirectUp`; its kernel is recomputed from ``C_k``'s weights at every
-call, so ``C_k`` trains as the cascade's does and stays shift-invariant), and ``H'_s`` is the hold filter on the
-phase channels (:class:`PhaseHold`, a 3x3 grouped conv on the input grid). Nothing but the final pixel shuffle
+call, so ``C_k`` trains as the cascade's does and stays shift-invariant), ``R'_k`` a 1x1 conv ``F -> 3 s**2`` and
+``H'_s`` the hold filter on its phase channels (:class:`PhaseHold`, a 3x3 grouped conv on the input grid); the two
+fold into one 3x3 conv for inference (:class:`PhaseResidual`). Nothing but the final pixel shuffle
 runs at the output resolution, so a CPU graph (ONNX Runtime) is the trunk plus a few input-grid convs, ESPCN's
 cost. The untrained model is single-step bicubic ``s``x (the evaluation's baseline itself, not cascaded 2x
 steps). Away from the image border each part equals its output-resolution form exactly; at the border the
@@ -58,7 +59,7 @@ from torch.nn import functional as F
 from ..config import ModelConfig
 from .blocks import BicubicUp2x, EmbeddingBlock, PyramidNet, bicubic_phases, conv3x3, init_conv_
 
-__all__ = ["LRHead", "HoldFilter", "PhaseHold", "DirectUp", "FixedUp"]
+__all__ = ["LRHead", "HoldFilter", "PhaseHold", "PhaseResidual", "DirectUp", "FixedUp"]
 
 
 def _hold_taps(scale: int) -> Tensor:
@@ -193,6 +194,33 @@ class FixedUp(nn.Module):
         return _phase_conv(y, self.weight, self.bias)
 
 
+class PhaseResidual(nn.Module):
+    """A direct head's sub-pixel residual for zoom ``scale``: a 1x1 conv ``F -> 3 scale**2`` (no bias, zero at
+    initialisation) and :class:`PhaseHold` on its phases. Both are linear, so :meth:`fixed` folds them into one
+    3x3 conv ``F -> 3 scale**2`` (exact, the border too: the 1x1 conv maps the zero padding to zero): an inference
+    graph pays one conv for the residual and the grid-free hold together."""
+
+    def __init__(self, features: int, scale: int) -> None:
+        super().__init__()
+        self.scale = int(scale)
+        self.conv = nn.Conv2d(features, 3 * self.scale**2, 1, bias=False)  # a bias per phase would paint a grid
+        nn.init.zeros_(self.conv.weight)  # the untrained model is the bicubic baseline
+        self.hold = PhaseHold(self.scale)
+
+    def forward(self, g: Tensor) -> Tensor:
+        return self.hold(self.conv(g))
+
+    def fixed(self) -> nn.Conv2d:
+        """The same map as one 3x3 conv (inference, export)."""
+        s2 = self.scale**2
+        h = self.hold.weight.view(3, s2, s2, 3, 3)  # (colour, output phase, input phase, dy, dx)
+        r = self.conv.weight.detach()[:, :, 0, 0].view(3, s2, -1)  # (colour, input phase, feature)
+        out = nn.Conv2d(self.conv.in_channels, 3 * s2, 3, padding=1, bias=False).to(r.device)
+        with torch.no_grad():
+            out.weight.copy_(torch.einsum("copyx,cpf->cofyx", h.to(r.dtype), r).reshape(3 * s2, -1, 3, 3))
+        return out
+
+
 class LRHead(PyramidNet):
     """A trunk at the input resolution with one sub-pixel residual conv per pyramid level.
 
@@ -217,11 +245,11 @@ class LRHead(PyramidNet):
 
         self.direct = bool(cfg.direct)
         self.res0 = _zero_conv(fch, 3, slope)
-        self.res = nn.ModuleList([_zero_conv(fch, 3 * 4**k, slope) for k in range(1, self._levels + 1)])
         if self.direct:
+            self.res = nn.ModuleList([PhaseResidual(fch, 2**k) for k in range(1, self._levels + 1)])
             self.up_img = nn.ModuleList([DirectUp(2**k, slope) for k in range(1, self._levels + 1)])
-            self.hold = nn.ModuleList([PhaseHold(2**k) for k in range(1, self._levels + 1)])
         else:
+            self.res = nn.ModuleList([_zero_conv(fch, 3 * 4**k, slope) for k in range(1, self._levels + 1)])
             self.up_img = nn.ModuleList([BicubicUp2x() for _ in range(self._levels)])
             self.hold = nn.ModuleList([HoldFilter(2**k) for k in range(1, self._levels + 1)])
             self.refine = nn.ModuleList([_zero_conv(3, 3, slope) for _ in range(self._levels)])
@@ -248,7 +276,7 @@ class LRHead(PyramidNet):
 
     def _direct(self, g: Tensor, y0: Tensor, k: int) -> Tensor:
         """Zoom ``2**k`` of a direct head from the features ``g`` and the level-0 image ``y0`` (module doc)."""
-        detail = self.hold[k - 1](self.res[k - 1](g))
+        detail = self.res[k - 1](g)  # PhaseResidual (or, exported, its fixed 3x3 conv)
         with torch.autocast(y0.device.type, enabled=False):  # the image and its sums in fp32 (blocks.image_step)
             up = cast("DirectUp | FixedUp", self.up_img[k - 1])  # FixedUp in an exported copy (inference.fuse)
             return F.pixel_shuffle(up.phases(y0.float()) + detail.float(), 2**k)
