@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call (< 10 min on one H100/H200; step timeouts sum to ~560 s), after scripts/gpu/prepare.sh:
+# One device call (< 10 min on one H100/H200; step timeouts sum to ~570 s), after scripts/gpu/prepare.sh:
 #   1. retina-sr bench F64D10 at 3840x2160 and 1920x1080 output, zooms 2/4/8: eager fp32 vs the fast path
 #      (bf16 + channels_last + torch.compile/CUDA graphs, 64-px buckets), compiles counted, max abs vs fp32;
+#      1b. the direct LR head F32 D5 (model.direct) at 3840x2160 x4;
 #   2. retina-sr bench-train: steps/s per phase for the full study's F64 D10 (batch 64), degradation on the
 #      host vs on the GPU, and train.loop.compile;
 #   3. the bundled-model recipe trained on the GPU (scripts/gpu/train_bundle.py, STEPS steps);
@@ -25,11 +26,15 @@ T0=$SECONDS; stamp() { echo "== [$((SECONDS - T0)) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null; nproc
 $PY -c "import torch, pydantic, av, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'pydantic', pydantic.VERSION, 'av', av.__version__, 'cv2', cv2.__version__)"
 RSR=($PY -m retina_sr.cli)
-if [ "$S" = 1 ]; then SZ=480x270; ZM=2,4; REP=2; TS=4; BT=8; STEPS=16; else SZ=3840x2160,1920x1080; ZM=2,4,8; REP=10; TS=20; BT=64; STEPS=${STEPS:-8000}; fi
+if [ "$S" = 1 ]; then SZ=480x270; ZM=2,4; REP=2; TS=4; BT=8; STEPS=16; else SZ=3840x2160,1920x1080; ZM=2,4,8; REP=10; TS=20; BT=64; STEPS=${STEPS:-7000}; fi
 
 stamp "1. bench F64D10 end to end (eager fp32 vs fast path)"
 timeout 100 "${RSR[@]}" bench --arch F64D10 --sizes $SZ --zooms $ZM --repeats $REP --device $DEV --no-baselines \
   --json "$O/bench.json"
+
+stamp "1b. bench the direct LR head F32 D5 (every zoom from the input grid) at 4K x4, fast path"
+timeout 30 "${RSR[@]}" bench --arch lrhead-direct:F32D5 --sizes ${SZ%%,*} --zooms 4 --repeats $REP --device $DEV \
+  --no-baselines --json "$O/bench_direct.json"
 
 stamp "2. bench-train: steps/s per phase, host vs device degradation, compile"
 { timeout 50 "${RSR[@]}" bench-train --sizes full --steps $TS --device $DEV --batch $BT --crop 128 --degrade-on host,device
@@ -37,8 +42,8 @@ stamp "2. bench-train: steps/s per phase, host vs device degradation, compile"
     --degrade-on device --compile on --no-perceptual
 } 2>&1 | tee "$O/bench_train.txt"
 
-stamp "3. GPU training of the bundle recipe ($STEPS steps; ~53 steps/s on an H200)"
-timeout 200 $PY scripts/gpu/train_bundle.py "$O" $STEPS $DEV
+stamp "3. GPU training of the bundle recipe ($STEPS steps; the v3 recipe ran ~53 steps/s on an H200)"
+timeout 180 $PY scripts/gpu/train_bundle.py "$O" $STEPS $DEV
 
 stamp "4. zoom window (bundled model): compiles per bucket, latency"
 timeout 60 $PY scripts/gpu/window.py "$O" $DEV  # the warm-up compiles 3 buckets: 31 s on an H200
