@@ -31,7 +31,6 @@ __all__ = [
     "Upsample2x",
     "bilinear_kernel",
     "BicubicUp2x",
-    "cubic_weight",
     "bicubic_phases",
     "icnr_",
     "init_conv_",
@@ -171,7 +170,7 @@ def icnr_(weight: Tensor, scale: int = 2, init: Tensor | None = None, negative_s
         weight.copy_(init.repeat_interleave(scale * scale, dim=0).to(weight))
 
 
-def cubic_weight(x: float, a: float = -0.75) -> float:
+def _cubic_weight(x: float, a: float = -0.75) -> float:
     """Keys' cubic convolution kernel at distance ``x`` (``a = -0.75``: OpenCV's ``INTER_CUBIC``, PyTorch's bicubic)."""
     x = abs(x)
     if x <= 1:
@@ -189,7 +188,7 @@ def bicubic_phases(scale: int, channels: int = 3) -> Tensor:
     """
     if scale < 1:
         raise ValueError(f"bicubic_phases needs a scale >= 1, got {scale}")
-    k = torch.tensor([[cubic_weight(d - ((p + 0.5) / scale - 0.5)) for d in range(-2, 3)] for p in range(scale)],
+    k = torch.tensor([[_cubic_weight(d - ((p + 0.5) / scale - 0.5)) for d in range(-2, 3)] for p in range(scale)],
                      dtype=torch.float64)
     w = torch.einsum("ai,bj->abij", k, k).reshape(scale * scale, 1, 5, 5).float()  # phase index py * scale + px
     return w.repeat(channels, 1, 1, 1)

@@ -64,6 +64,8 @@ __all__ = ["LRHead", "HoldFilter", "PhaseHold", "PhaseResidual", "DirectUp", "Fi
 
 def _hold_taps(scale: int) -> Tensor:
     """``[1/2, 1, ..., 1, 1/2] / scale`` (``scale + 1`` taps, offsets ``-scale/2 .. scale/2``)."""
+    if scale < 2:
+        raise ValueError(f"the hold filter is for zooms >= 2, got {scale}")
     taps = torch.ones(scale + 1)
     taps[0] = taps[-1] = 0.5
     return taps / scale
@@ -84,8 +86,6 @@ class HoldFilter(nn.Module):
 
     def __init__(self, scale: int, channels: int = 3) -> None:
         super().__init__()
-        if scale < 2:
-            raise ValueError(f"the hold filter is for zooms >= 2, got {scale}")
         taps = _hold_taps(scale)
         self.scale, self.channels = int(scale), int(channels)
         # not persistent: fixed by the architecture, not part of a checkpoint
@@ -114,8 +114,6 @@ class PhaseHold(nn.Module):
 
     def __init__(self, scale: int, channels: int = 3) -> None:
         super().__init__()
-        if scale < 2:
-            raise ValueError(f"the hold filter is for zooms >= 2, got {scale}")
         s, h = int(scale), _hold_taps(scale)
         taps = {t: float(h[t + s // 2]) for t in range(-(s // 2), s // 2 + 1)}
         row = torch.zeros(s, s, 3)  # the 1-D filter on the phase grid: (output phase p, source phase q, offset d)
